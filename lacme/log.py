@@ -1,0 +1,63 @@
+"""Logging for every lacme program: plain stderr on a terminal or pipe,
+structured journald fields under systemd.
+
+``setup(name, quiet=, debug=)`` configures the root logger once.  Under
+systemd (JOURNAL_STREAM names our stderr, RFC-less but documented in
+systemd.exec(5)) records go to journald through systemd-python's
+JournalHandler, and the ``extra=`` mapping of a record becomes journal fields
+(keys in upper case, e.g. ``LACME_SECTION``).  Otherwise one plain line per
+record goes to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+VERBOSE = 15  # between INFO and DEBUG: signatures, requests
+logging.addLevelName(VERBOSE, "VERBOSE")
+
+
+def under_journal() -> bool:
+    """True when stderr is connected to the journal (systemd.exec(5))."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if not stream or ":" not in stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    dev, _, ino = stream.partition(":")
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.ERROR and not msg.startswith("error"):
+            msg = "error: " + msg
+        elif record.levelno == logging.WARNING:
+            msg = "warning: " + msg
+        if record.exc_info and logging.getLogger().isEnabledFor(logging.DEBUG):
+            msg += "\n" + self.formatException(record.exc_info)
+        return msg
+
+
+def setup(name: str, *, quiet: bool = False, debug: bool = False) -> logging.Logger:
+    """Configure logging for program ``name`` and return its logger."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    handler: logging.Handler
+    if under_journal():
+        from systemd.journal import JournalHandler  # only under systemd
+
+        handler = JournalHandler(SYSLOG_IDENTIFIER=name)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    return logging.getLogger(name)
