@@ -132,3 +132,36 @@ def spawn(
         finally:
             os._exit(127)
     raise AssertionError("unreachable")
+
+
+class Channel:
+    """A control channel: JSON lines over a connected UNIX stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = b""
+
+    def send(self, data: bytes, fd: int | None = None) -> None:
+        if fd is None:
+            self.sock.sendall(data)
+        else:
+            send_fd(self.sock, fd, data)  # small first message: sent whole
+
+    def recv_line(self, limit: int, *, want_fd: bool = False) -> tuple[bytes | None, int | None]:
+        """Next line (without newline), or None at end of stream."""
+        fd = None
+        while b"\n" not in self._buf:
+            if len(self._buf) > limit:
+                raise OSError("control channel: line too long")
+            if want_fd and fd is None:
+                chunk, fd = recv_fd(self.sock, 65536)
+            else:
+                chunk = self.sock.recv(65536)
+            if not chunk:
+                return None, fd
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line, fd
+
+    def close(self) -> None:
+        self.sock.close()

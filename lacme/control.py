@@ -1,0 +1,59 @@
+"""The control channel between the master and the ACME client.
+
+Pure: messages in, bytes out, and back.  The channel is a UNIX stream socket
+(a socketpair in fork mode, a socket-activated connection under systemd);
+each message is one JSON object on one line.  The first message from the
+master (``hello``) carries the accountd connection as SCM_RIGHTS.
+
+Master -> client
+    hello    {"version": 1, "settings": {...[client] settings...}, "debug": bool}
+    account  {"register", "tos_agreed", "deactivate": bool, "contact": [str] | null}
+    orders   {"orders": [{"id": str, "identifiers": [{"type", "value"}], "csr": b64url(DER)}]}
+    revoke   {"certificates": [{"id": str, "der": b64url(DER), "jwk_thumbprint": str}],
+              "reason": int | null}
+    published {"token": str, "ok": bool, "message": str}   (answer to publish)
+
+Client -> master
+    publish    {"token": str, "content": str}   master writes the challenge file
+    unpublish  {"token": str}                   master removes it
+    account    {"account": {...}, "location": str}
+    certificate {"id": str, "pem": str}
+    revoked    {"id": str}
+    failed     {"id": str, "message": str}      one order or revocation failed
+    error      {"message": str}                 the whole command failed
+    done       {}                               the command is finished
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import ProtocolError
+
+VERSION = 1
+MAX_LINE = 1 << 20  # a certificate chain fits many times over
+
+MASTER_TYPES = frozenset({"hello", "account", "orders", "revoke", "published"})
+CLIENT_TYPES = frozenset(
+    {"publish", "unpublish", "account", "certificate", "revoked", "failed", "error", "done"}
+)
+
+
+def encode_message(kind: str, **fields: Any) -> bytes:
+    """One message as a line of JSON."""
+    return json.dumps({"type": kind, **fields}, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_message(line: bytes, allowed: frozenset[str]) -> dict[str, Any]:
+    """Parse one line; the ``type`` must be one of ``allowed``."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError("control channel: message too long")
+    try:
+        msg = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"control channel: malformed message ({exc})") from None
+    if not isinstance(msg, dict) or msg.get("type") not in allowed:
+        kind = msg.get("type") if isinstance(msg, dict) else type(msg).__name__
+        raise ProtocolError(f"control channel: unexpected message {kind!r}")
+    return msg
