@@ -80,7 +80,7 @@ def recv_fd(sock: socket.socket, bufsize: int = 4096) -> tuple[bytes, int | None
 
 
 def spawn(
-    argv: Sequence[str],
+    argv: Sequence[str] | Callable[[], Sequence[str]],
     *,
     fds: Sequence[tuple[int, str]] = (),
     stdin: int | None = None,
@@ -94,7 +94,8 @@ def spawn(
     and LISTEN_FDS, LISTEN_PID (the child's own pid, known only after fork,
     which is why this is not subprocess) and LISTEN_FDNAMES are set.
     ``before_exec`` runs in the child after the descriptors are in place
-    (privilege drop).  Returns the child's pid.  A failure in the child
+    (privilege drop); ``argv`` may be a callable, evaluated after it (for
+    %-specifiers that expand with the dropped identity).  Returns the child's pid.  A failure in the child
     before exec is reported on stderr and exits 127.
     """
     environ = dict(os.environ if env is None else env)
@@ -125,10 +126,12 @@ def spawn(
             environ["LISTEN_FDNAMES"] = ":".join(name for _, name in fds)
         if before_exec is not None:
             before_exec()
-        os.execvpe(argv[0], list(argv), environ)
+        args = list(argv() if callable(argv) else argv)
+        os.execvpe(args[0], args, environ)
     except BaseException as exc:  # noqa: BLE001 - report and die in the child
         try:
-            os.write(2, f"lacme: cannot run {argv[0]}: {exc}\n".encode(errors="replace"))
+            name = "component" if callable(argv) else argv[0]
+            os.write(2, f"lacme: cannot run {name}: {exc}\n".encode(errors="replace"))
         finally:
             os._exit(127)
     raise AssertionError("unreachable")

@@ -1,0 +1,445 @@
+"""The master's side of a run: wiring the other three components together.
+
+Run by the master (root).  ``ClientSession`` opens the accountd connection
+(spawning ``lacme-accountd --stdio`` over a socketpair, or connecting to its
+socket after checking its permissions), starts the client (spawned after a
+privilege drop, or reached through its socket-activated socket) and hands it
+the accountd connection with SCM_RIGHTS, and for newOrder sets up where the
+challenges are served (webservers spawned on sockets the master binds, or an
+existing challenge directory) and optional temporary iptables rules.
+
+Everything it starts or creates is undone on exit, including on errors and
+SIGINT/SIGTERM (turned into KeyboardInterrupt so that the same cleanup runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import sys
+import time
+from contextlib import ExitStack
+from typing import Any, Callable, Iterable, Sequence
+
+from . import control
+from .challenges import ChallengeDirectory
+from .config import AccountdSettings, ListenAddress, MasterConfig
+from .errors import LacmeError, ProtocolError
+from .jws import b64u_encode
+from .privs import Credentials, clean_environment, drop_privileges, resolve
+from .specifiers import Identity, expand
+from .transport import Channel, spawn
+
+log = logging.getLogger("lacme")
+
+#: Default program names and the modules that implement them, so that the
+#: defaults work from a virtual environment or a source tree alike.
+PROGRAMS = {
+    "lacme-client": "lacme.client",
+    "lacme-webserver": "lacme.webserver",
+    "lacme-accountd": "lacme.accountd",
+}
+
+
+def resolve_command(command: Sequence[str]) -> list[str]:
+    """Absolute argv for a configured command.
+
+    A bare name is looked up next to the running interpreter first (the
+    scripts of the same installation), then in PATH; this package's own
+    programs fall back to ``python -m`` when not installed as scripts.
+    """
+    if not command:
+        raise LacmeError("empty command")
+    head, *rest = command
+    if "/" not in head:
+        here = os.path.dirname(sys.executable)
+        found = shutil.which(head, path=os.pathsep.join([here, os.environ.get("PATH", "")]))
+        if found:
+            return [found, *rest]
+        if head in PROGRAMS:
+            return [sys.executable, "-m", PROGRAMS[head], *rest]
+    return [head, *rest]
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like SIGINT so the same cleanup runs."""
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    raise _Terminated(f"signal {signum}")
+
+
+class ClientSession:
+    """One run of the ACME client, with its accountd and webservers."""
+
+    def __init__(self, cfg: MasterConfig, *, debug: bool = False, challenges: bool = False) -> None:
+        self.cfg = cfg
+        self.debug = debug
+        self.with_challenges = challenges
+        self.stack = ExitStack()
+        self.challenges: ChallengeDirectory | None = None
+        self.channel: Channel | None = None
+        self.client_pid: int | None = None
+
+    # ------------------------------------------------------------------ setup
+    def __enter__(self) -> "ClientSession":
+        try:
+            self._install_signal_handlers()
+            if self.with_challenges:
+                self._setup_challenges()
+            accountd = self._open_accountd()
+            self.channel = self._start_client()
+            hello = control.encode_message(
+                "hello", version=control.VERSION, settings=self._client_settings(), debug=self.debug
+            )
+            self.channel.send(hello, fd=accountd.fileno())
+            accountd.close()  # the client holds it now; accountd ends with it
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def _install_signal_handlers(self) -> None:
+        old = signal.signal(signal.SIGTERM, _raise_terminated)
+        self.stack.callback(signal.signal, signal.SIGTERM, old)
+        # Ignore SIGPIPE-style failures as errors, never as signals.
+        old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.stack.callback(signal.signal, signal.SIGPIPE, old_pipe)
+
+    def _client_settings(self) -> dict[str, Any]:
+        c = self.cfg.client
+        return {
+            "server": c.server,
+            "timeout": c.timeout,
+            "SSL_verify": c.ssl_verify,
+            "SSL_version": c.ssl_version,
+            "SSL_cipher_list": c.ssl_cipher_list,
+            "SSL_ca_file": c.ssl_ca_file,
+        }
+
+    # -------------------------------------------------------------- accountd
+    def _open_accountd(self) -> socket.socket:
+        settings = self.cfg.accountd
+        if settings is not None:
+            return self._spawn_accountd(settings)
+        return connect_accountd(self.cfg.client.socket)
+
+    def _spawn_accountd(self, settings: AccountdSettings) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        creds = resolve(settings.user, settings.group, where="[accountd]")
+        debug = self.debug
+
+        def argv() -> list[str]:
+            # %-specifiers of [accountd] expand after the privilege drop.
+            ident = Identity.current()
+            items = [expand(item, ident) for item in settings.command]
+            args = resolve_command(items) + ["--stdio"]
+            if settings.config:
+                args.append("--config=" + expand(settings.config, ident))
+            if settings.privkey:
+                args.append("--privkey=" + expand(settings.privkey, ident))
+            if settings.quiet and not debug:
+                args.append("--quiet")
+            if debug:
+                args.append("--debug")
+            return args
+
+        def child() -> None:
+            drop_privileges(creds)
+            os.chdir("/")
+
+        pid = spawn(argv, stdin=theirs.fileno(), stdout=theirs.fileno(),
+                    env=clean_environment(creds), before_exec=child)
+        theirs.close()
+        log.debug("spawned lacme-accountd, pid %d", pid)
+        self.stack.callback(_reap, pid, "lacme-accountd", grace=5.0)
+        self.stack.callback(_shutdown_quietly, ours)
+        return ours
+
+    # ---------------------------------------------------------------- client
+    def _start_client(self) -> Channel:
+        c = self.cfg.client
+        if c.connect:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(c.connect)
+            except OSError as exc:
+                sock.close()
+                raise LacmeError(f"[client] connect {c.connect}: {exc.strerror}") from None
+            log.debug("connected to the client socket %s", c.connect)
+        else:
+            sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            creds = resolve(c.user, c.group, where="[client]")
+            argv = resolve_command(c.command) + (["--debug"] if self.debug else [])
+
+            def child() -> None:
+                drop_privileges(creds)
+                os.chdir("/")
+                os.umask(0o077)
+
+            self.client_pid = spawn(argv, fds=[(theirs.fileno(), "control")],
+                                    env=clean_environment(creds), before_exec=child)
+            theirs.close()
+            log.debug("spawned the client %s, pid %d", argv[0], self.client_pid)
+            self.stack.callback(_reap, self.client_pid, "the ACME client", grace=10.0)
+        sock.settimeout(self.cfg.client.timeout * 2 + 60)
+        self.stack.callback(_shutdown_quietly, sock)
+        return Channel(sock)
+
+    # ------------------------------------------------------------ challenges
+    def _setup_challenges(self) -> None:
+        w = self.cfg.webserver
+        if w.challenge_directory:
+            self.challenges = ChallengeDirectory.open_shared(w.challenge_directory)
+            self.stack.callback(self.challenges.close)
+            return
+        if not w.listen:
+            raise LacmeError("[webserver] listen: empty, and no challenge-directory is set")
+        self.challenges = ChallengeDirectory.create_private()
+        self.stack.callback(self.challenges.close)
+        if w.iptables:
+            from .firewall import TemporaryRules, ports_for
+
+            rules = TemporaryRules()
+            self.stack.callback(rules.restore)
+            rules.open_ports(ports_for(w.listen))
+        creds = resolve(w.user, w.group, where="[webserver]")
+        argv = resolve_command(w.command) + [f"--challenge-directory={self.challenges.path}"]
+        if self.debug:
+            argv.append("--debug")
+
+        def child() -> None:
+            drop_privileges(creds)
+            os.chdir("/")
+
+        for address in w.listen:
+            sock = self._bind(address)
+            pid = spawn(argv, fds=[(sock.fileno(), "http")],
+                        env=clean_environment(creds), before_exec=child)
+            sock.close()
+            log.debug("spawned the webserver on %s, pid %d", address, pid)
+            self.stack.callback(_reap, pid, f"the webserver on {address}", grace=2.0,
+                                terminate=True)
+
+    def _bind(self, address: ListenAddress) -> socket.socket:
+        where = f"[webserver] listen {address}"
+        try:
+            if address.family == "unix":
+                assert address.path is not None
+                _remove_stale_socket(address.path, where)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(address.path)
+                os.chmod(address.path, 0o666)
+                self.stack.callback(_unlink_quietly, address.path)
+            else:
+                family = socket.AF_INET if address.family == "inet" else socket.AF_INET6
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((address.host or "", address.port or 80))
+            sock.listen(128)
+        except OSError as exc:
+            raise LacmeError(f"{where}: {exc.strerror or exc}") from None
+        return sock
+
+    # ------------------------------------------------------------- commands
+    def account(self, **fields: Any) -> dict[str, Any]:
+        assert self.channel is not None
+        self.channel.send(control.encode_message("account", **fields))
+        reply: dict[str, Any] | None = None
+        for msg in self._messages():
+            if msg["type"] == "account":
+                reply = msg
+            elif msg["type"] == "error":
+                raise LacmeError(str(msg.get("message", "account request failed")))
+            elif msg["type"] == "done":
+                break
+        if reply is None:
+            raise LacmeError("the ACME client ended without an answer")
+        return reply
+
+    def order(
+        self,
+        orders: Iterable[tuple[str, Sequence[str], bytes]],
+        on_certificate: Callable[[str, str], str | None],
+    ) -> dict[str, bool | str]:
+        """Send every order at once; call ``on_certificate(id, pem)`` as
+        chains arrive (it returns None, or why the chain was refused)."""
+        assert self.channel is not None and self.challenges is not None
+        payload = [
+            {"id": sid, "identifiers": [{"type": "dns", "value": n} for n in names],
+             "csr": b64u_encode(csr)}
+            for sid, names, csr in orders
+        ]
+        results: dict[str, bool | str] = {o["id"]: "no answer from the ACME client" for o in payload}
+        self.channel.send(control.encode_message("orders", orders=payload))
+        for msg in self._messages():
+            kind = msg["type"]
+            if kind == "publish":
+                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
+            elif kind == "unpublish":
+                self.challenges.unpublish(str(msg.get("token", "")))
+            elif kind == "certificate" and msg.get("id") in results:
+                refused = on_certificate(msg["id"], str(msg.get("pem", "")))
+                results[msg["id"]] = True if refused is None else refused
+            elif kind == "failed" and msg.get("id") in results:
+                results[msg["id"]] = str(msg.get("message", "failed"))
+            elif kind == "error":
+                message = str(msg.get("message", "the ACME client failed"))
+                for sid, outcome in results.items():
+                    if outcome == "no answer from the ACME client":
+                        results[sid] = message
+            elif kind == "done":
+                break
+        return results
+
+    def revoke(self, certificates: Sequence[tuple[str, bytes, str]],
+               reason: int | None = None) -> dict[str, bool | str]:
+        assert self.channel is not None
+        payload = [{"id": path, "der": b64u_encode(der), "jwk_thumbprint": thumb}
+                   for path, der, thumb in certificates]
+        results: dict[str, bool | str] = {c["id"]: "no answer from the ACME client" for c in payload}
+        self.channel.send(control.encode_message("revoke", certificates=payload, reason=reason))
+        for msg in self._messages():
+            kind = msg["type"]
+            if kind == "revoked" and msg.get("id") in results:
+                results[msg["id"]] = True
+            elif kind == "failed" and msg.get("id") in results:
+                results[msg["id"]] = str(msg.get("message", "failed"))
+            elif kind == "error":
+                for sid, outcome in results.items():
+                    if outcome is not True:
+                        results[sid] = str(msg.get("message", "the ACME client failed"))
+            elif kind == "done":
+                break
+        return results
+
+    def _publish(self, token: str, content: str) -> None:
+        assert self.channel is not None and self.challenges is not None
+        try:
+            self.challenges.publish(token, content)
+            answer = control.encode_message("published", token=token, ok=True, message="")
+            log.debug("published challenge %s", token)
+        except (LacmeError, OSError, UnicodeError) as exc:
+            answer = control.encode_message("published", token=token, ok=False, message=str(exc))
+            log.error("cannot publish challenge %r: %s", token, exc)
+        self.channel.send(answer)
+
+    def _messages(self):
+        """Messages from the client until it ends the conversation."""
+        assert self.channel is not None
+        while True:
+            try:
+                line, _ = self.channel.recv_line(control.MAX_LINE)
+            except socket.timeout:
+                raise LacmeError("the ACME client stopped answering") from None
+            if line is None:
+                raise LacmeError("the ACME client ended unexpectedly")
+            try:
+                yield control.decode_message(line, control.CLIENT_TYPES)
+            except ProtocolError as exc:
+                raise LacmeError(f"the ACME client: {exc}") from None
+
+
+def connect_accountd(path: str) -> socket.socket:
+    """Connect to a running lacme-accountd, refusing an unsafe socket."""
+    where = f"[client] socket {path}"
+    parent = os.path.dirname(path) or "."
+    try:
+        st = os.stat(parent)
+    except OSError as exc:
+        raise LacmeError(f"{where}: {parent}: {exc.strerror}") from None
+    if st.st_mode & 0o022:
+        raise LacmeError(f"{where}: insecure permissions on {parent} (writable by others)")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise LacmeError(f"{where}: {exc.strerror} (is lacme-accountd running?)") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise LacmeError(f"{where}: not a socket")
+    if st.st_mode & 0o066:
+        raise LacmeError(f"{where}: insecure permissions (accessible by others)")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise LacmeError(f"{where}: {exc.strerror}") from None
+    return sock
+
+
+def _remove_stale_socket(path: str, where: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise LacmeError(f"{where}: exists and is not a socket")
+    os.unlink(path)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _shutdown_quietly(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _reap(pid: int, what: str, *, grace: float, terminate: bool = False) -> None:
+    """Wait for a child; TERM (at once when ``terminate``) then KILL it."""
+    if terminate:
+        _kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            if not terminate and status and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 127:
+                log.error("%s could not be started", what)
+            return
+        if time.monotonic() > deadline:
+            log.debug("%s (pid %d) still running, terminating it", what, pid)
+            _kill(pid, signal.SIGTERM)
+            if not _wait(pid, 2.0):
+                _kill(pid, signal.SIGKILL)
+                _wait(pid, None)
+            return
+        time.sleep(0.01)
+
+
+def _wait(pid: int, timeout: float | None) -> bool:
+    """waitpid with a timeout; True once the child is gone."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            done, _ = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if done:
+            return True
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
