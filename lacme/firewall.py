@@ -18,6 +18,8 @@ from .errors import LacmeError
 
 log = logging.getLogger("lacme")
 
+EMPTY_FILTER_TABLE = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
 
 @dataclass
 class TemporaryRules:
@@ -31,7 +33,12 @@ class TemporaryRules:
             if not wanted:
                 continue
             tool = "iptables" if version == "4" else "ip6tables"
-            self.saved[version] = _run([f"{tool}-save", "-c"]).encode("latin-1")
+            saved = _run([f"{tool}-save", "-c"])
+            if "*filter" not in saved.splitlines():
+                # A filter table never used yet is not listed: restoring
+                # must still bring it back to empty with ACCEPT policies.
+                saved += EMPTY_FILTER_TABLE
+            self.saved[version] = saved.encode("latin-1")
             for port in sorted(wanted):
                 _run([tool, "-w", "-I", "INPUT", "-p", "tcp", "-m", "tcp",
                       "--dport", str(port), "-j", "ACCEPT"])

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import sys
 import time
 from contextlib import ExitStack
@@ -84,6 +85,7 @@ class ClientSession:
         self.challenges: ChallengeDirectory | None = None
         self.channel: Channel | None = None
         self.client_pid: int | None = None
+        self.aborting = False
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> "ClientSession":
@@ -98,13 +100,20 @@ class ClientSession:
             )
             self.channel.send(hello, fd=accountd.fileno())
             accountd.close()  # the client holds it now; accountd ends with it
-        except BaseException:
+        except BaseException as exc:
+            self.aborting = isinstance(exc, KeyboardInterrupt)
             self.stack.close()
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # Interrupted: children are told to stop at once, not waited for.
+        self.aborting = isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt)
         self.stack.close()
+
+    def _reap_later(self, pid: int, what: str, *, grace: float, terminate: bool = False) -> None:
+        self.stack.callback(lambda: _reap(pid, what, grace=grace,
+                                          terminate=terminate or self.aborting))
 
     def _install_signal_handlers(self) -> None:
         old = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -159,7 +168,7 @@ class ClientSession:
                     env=clean_environment(creds), before_exec=child)
         theirs.close()
         log.debug("spawned lacme-accountd, pid %d", pid)
-        self.stack.callback(_reap, pid, "lacme-accountd", grace=5.0)
+        self._reap_later(pid, "lacme-accountd", grace=5.0)
         self.stack.callback(_shutdown_quietly, ours)
         return ours
 
@@ -188,7 +197,7 @@ class ClientSession:
                                     env=clean_environment(creds), before_exec=child)
             theirs.close()
             log.debug("spawned the client %s, pid %d", argv[0], self.client_pid)
-            self.stack.callback(_reap, self.client_pid, "the ACME client", grace=10.0)
+            self._reap_later(self.client_pid, "the ACME client", grace=10.0)
         sock.settimeout(self.cfg.client.timeout * 2 + 60)
         self.stack.callback(_shutdown_quietly, sock)
         return Channel(sock)
@@ -219,14 +228,22 @@ class ClientSession:
             drop_privileges(creds)
             os.chdir("/")
 
+        # The webservers say when they serve with the sd_notify protocol
+        # (READY=1), as under systemd: a datagram socket of the master's.
+        ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.stack.callback(ready.close)
+        ready.bind(f"\0lacme-ready-{os.getpid()}-{os.urandom(6).hex()}")
+        notify_env = {"NOTIFY_SOCKET": "@" + ready.getsockname()[1:].decode()}
+        started: dict[int, ListenAddress] = {}
         for address in w.listen:
             sock = self._bind(address)
             pid = spawn(argv, fds=[(sock.fileno(), "http")],
-                        env=clean_environment(creds), before_exec=child)
+                        env=clean_environment(creds, notify_env), before_exec=child)
             sock.close()
             log.debug("spawned the webserver on %s, pid %d", address, pid)
-            self.stack.callback(_reap, pid, f"the webserver on {address}", grace=2.0,
-                                terminate=True)
+            self._reap_later(pid, f"the webserver on {address}", grace=2.0, terminate=True)
+            started[pid] = address
+        _wait_ready(ready, started)
 
     def _bind(self, address: ListenAddress) -> socket.socket:
         where = f"[webserver] listen {address}"
@@ -345,6 +362,40 @@ class ClientSession:
                 yield control.decode_message(line, control.CLIENT_TYPES)
             except ProtocolError as exc:
                 raise LacmeError(f"the ACME client: {exc}") from None
+
+
+def _wait_ready(sock: socket.socket, children: dict[int, ListenAddress],
+                timeout: float = 15.0) -> None:
+    """Wait for READY=1 from every webserver (the sender's pid comes with
+    SCM_CREDENTIALS); fail early if one exits."""
+    waiting = set(children)
+    deadline = time.monotonic() + timeout
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.settimeout(0.05)
+    creds_size = struct.calcsize("3i")
+    while waiting:
+        try:
+            data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(creds_size))
+        except socket.timeout:
+            data, ancdata = b"", []
+        sender = None
+        for level, kind, value in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                sender = struct.unpack("3i", value[:creds_size])[0]
+        if sender in waiting and b"READY=1" in data.split(b"\n"):
+            waiting.discard(sender)
+            continue
+        for pid in list(waiting):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+                raise LacmeError(f"[webserver] the webserver on {children[pid]} exited "
+                                 f"with status {code} before serving")
+        if time.monotonic() > deadline:
+            raise LacmeError("[webserver] the webserver did not start in time")
 
 
 def connect_accountd(path: str) -> socket.socket:

@@ -199,8 +199,10 @@ def remove_socket_file(listener: Listener) -> None:
 
 
 def open_challenge_directory(path: str) -> int:
+    # O_PATH: search permission is enough (the master's private directory is
+    # 0711: files can be opened by name, never listed).
     try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise UsageError(f"--challenge-directory={path}: {exc.strerror}") from None
 
