@@ -1,0 +1,182 @@
+"""Tests for lacme.jws: base64url, canonical JSON, JWK, thumbprints, signatures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lacme import jws
+
+# RFC 7638 section 3.1
+RFC7638_JWK = {
+    "kty": "RSA",
+    "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3o"
+    "knjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6"
+    "qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+    "e": "AQAB",
+    "alg": "RS256",
+    "kid": "2011-04-29",
+}
+RFC7638_THUMBPRINT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return {
+        "RS256": rsa.generate_private_key(65537, 2048),
+        "ES256": ec.generate_private_key(ec.SECP256R1()),
+        "ES384": ec.generate_private_key(ec.SECP384R1()),
+    }
+
+
+@given(st.binary(max_size=200))
+def test_b64u_round_trip_any_bytes(data):
+    text = jws.b64u_encode(data)
+    assert "=" not in text and "+" not in text and "/" not in text
+    assert jws.b64u_decode(text) == data
+    assert jws.b64u_decode(text.encode()) == data
+
+
+@pytest.mark.parametrize("bad", ["AB=", "A+B/", "A B", "A", "AB\n", "QR", "é"])
+def test_b64u_decode_rejects_noncanonical_or_foreign(bad):
+    with pytest.raises(ValueError):
+        jws.b64u_decode(bad)
+
+
+def test_canonical_json_sorted_compact_utf8():
+    assert jws.canonical_json({"b": 1, "a": {"d": [1, "é"], "c": None}}) == '{"a":{"c":null,"d":[1,"é"]},"b":1}'.encode()
+
+
+def test_canonical_json_rejects_nan():
+    with pytest.raises(ValueError):
+        jws.canonical_json({"x": float("nan")})
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="perl absent")
+def test_canonical_json_matches_perl_json_canonical_utf8():
+    """The original client and accountd encode with Perl JSON->canonical->utf8."""
+    samples = [
+        {"b": "\x01\x1f\x7f/\"\\\n\t", "a": [1, -2, {"z": None, "y": True, "x": False}]},
+        {"é": "ü€😀", "B": "", "a": "\u2028"},
+        {"url": "https://ca.example/acme/new-order", "nonce": "abc-_", "alg": "RS256", "kid": "k"},
+        {"identifiers": [{"type": "dns", "value": "xn--bcher-kva.example"}], "n": 12345678901234},
+    ]
+    try:
+        done = subprocess.run(
+            ["perl", "-MJSON", "-ne", "print JSON->new->utf8->canonical->encode(JSON->new->utf8->decode($_)), qq(\\n)"],
+            input=b"".join(json.dumps(s).encode() + b"\n" for s in samples), capture_output=True, check=True)
+    except subprocess.CalledProcessError:
+        pytest.skip("perl JSON module absent")
+    assert done.stdout.split(b"\n")[:-1] == [jws.canonical_json(s) for s in samples]
+
+
+def test_thumbprint_rfc7638_example():
+    assert jws.jwk_thumbprint(RFC7638_JWK) == RFC7638_THUMBPRINT
+
+
+def test_thumbprint_rejects_unknown_kty():
+    with pytest.raises(ValueError):
+        jws.jwk_thumbprint({"kty": "OKP", "crv": "Ed25519", "x": "AA"})
+
+
+def test_public_jwk_rfc7638_key_round_trip():
+    key = jws.public_key_from_jwk(RFC7638_JWK)
+    assert jws.public_jwk(key) == {"e": "AQAB", "kty": "RSA", "n": RFC7638_JWK["n"]}
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "ES384"])
+def test_sign_verify_round_trip(keys, alg):
+    key = keys[alg]
+    assert jws.alg_for_key(key) == alg
+    jwk = jws.public_jwk(key.public_key())
+    public = jws.public_key_from_jwk(jwk)
+    data = jws.signing_input({"alg": alg, "nonce": "n", "url": "https://ca.example/x", "jwk": jwk}, {"a": 1}).encode()
+    sig = jws.sign(key, alg, data)
+    assert jws.verify(public, alg, data, sig)
+    assert not jws.verify(public, alg, data + b"x", sig)
+    assert not jws.verify(public, "RS256" if alg != "RS256" else "ES256", data, sig)
+
+
+@pytest.mark.parametrize("alg,size", [("ES256", 32), ("ES384", 48)])
+def test_ecdsa_signature_is_fixed_length_r_s(keys, alg, size):
+    sig = jws.sign(keys[alg], alg, b"data")
+    assert len(sig) == 2 * size
+    jwk = jws.public_jwk(keys[alg].public_key())
+    assert len(jws.b64u_decode(jwk["x"])) == size and len(jws.b64u_decode(jwk["y"])) == size
+    assert jwk["crv"] == {"ES256": "P-256", "ES384": "P-384"}[alg]
+
+
+def test_rsa_signature_is_deterministic(keys):
+    assert jws.sign(keys["RS256"], "RS256", b"x") == jws.sign(keys["RS256"], "RS256", b"x")
+
+
+def test_sign_rejects_alg_that_does_not_fit(keys):
+    with pytest.raises(ValueError):
+        jws.sign(keys["ES256"], "ES384", b"x")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rsa.generate_private_key(65537, 1024),
+        lambda: ec.generate_private_key(ec.SECP521R1()),
+        lambda: ed25519.Ed25519PrivateKey.generate(),
+    ],
+)
+def test_alg_for_key_rejects_unsupported(make):
+    with pytest.raises(ValueError):
+        jws.alg_for_key(make())
+
+
+@given(st.integers(1, 2**256 - 1), st.integers(1, 2**256 - 1))
+def test_der_raw_round_trip(r, s):
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    raw = jws.der_to_raw(encode_dss_signature(r, s), 32)
+    assert len(raw) == 64
+    assert int.from_bytes(raw[:32], "big") == r and int.from_bytes(raw[32:], "big") == s
+    assert decode_dss_signature(jws.raw_to_der(raw)) == (r, s)
+
+
+def test_der_to_raw_rejects_oversized_component():
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    with pytest.raises(ValueError):
+        jws.der_to_raw(encode_dss_signature(2**256, 1), 32)
+
+
+@given(st.binary(max_size=9).filter(lambda b: len(b) % 2 == 1))
+def test_raw_to_der_rejects_odd_length(raw):
+    with pytest.raises(ValueError):
+        jws.raw_to_der(raw)
+
+
+def test_public_key_from_jwk_rejects_point_off_curve(keys):
+    jwk = dict(jws.public_jwk(keys["ES256"].public_key()))
+    jwk["y"] = jws.b64u_encode(b"\x01" * 32)
+    with pytest.raises(ValueError):
+        jws.public_key_from_jwk(jwk)
+
+
+def test_signing_input_post_as_get_has_empty_payload():
+    text = jws.signing_input({"url": "u", "alg": "ES256"}, None)
+    protected, payload = text.split(".")
+    assert payload == ""
+    assert jws.b64u_decode(protected) == b'{"alg":"ES256","url":"u"}'
+
+
+def test_signing_input_payload_is_canonical_json():
+    _, payload = jws.signing_input({"a": 1}, {"z": 1, "y": [True]}).split(".")
+    assert jws.b64u_decode(payload) == b'{"y":[true],"z":1}'
+
+
+def test_flattened_serialization_members():
+    out = jws.flattened("cHJvdA.cGF5", b"\x00\xff")
+    assert out == {"protected": "cHJvdA", "payload": "cGF5", "signature": "AP8"}
