@@ -430,3 +430,17 @@ def test_interop_debian_lacme_with_our_accountd(pebble, tmp_path, registered_key
         stop(proc)
     assert done.returncode == 0, done.stderr
     assert san_names(load_chain(pub / "www.crt")[0]) == {name}
+
+
+def test_missing_account_key_is_one_clear_error(setup, pebble):
+    section = setup.add_section("www", [unique_name()])
+    setup.write_certs()
+    (setup.root / "lacme-accountd.conf").write_text(f"privkey = file:{setup.root}/nonexistent.key\n")
+    offset = pebble.log_offset()
+    done = setup.run("newOrder")
+    assert done.returncode == 1
+    assert "nonexistent.key" in done.stderr  # accountd's own line
+    assert "[www]" in done.stderr and "lacme-accountd" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not Path(section["certificate"]).exists()
+    assert sum(pebble.requests_since(offset).values()) == 0
