@@ -1,0 +1,101 @@
+# lacme: install the Python package, the systemd units, tmpfiles.d,
+# sysusers.d, the generator and the configuration files.
+#
+#   make install                     # into /usr/local, with pip
+#   make install DESTDIR=/tmp/stage PREFIX=/usr PIPFLAGS="--no-deps --no-build-isolation"
+#   make install VENV=/opt/lacme     # into a virtual environment
+#
+# Variables:
+#   DESTDIR      staging root prepended to every path (packages)
+#   PREFIX       /usr/local; units, tmpfiles.d, sysusers.d and the generator
+#                go under PREFIX/lib, where systemd looks for them
+#   PYTHON       interpreter that runs pip, or that creates VENV
+#   VENV         install the package into this virtual environment (created
+#                with "PYTHON -m venv" if absent); BINDIR is then VENV/bin
+#   BINDIR       where the programs are, as written into the units
+#   SYSCONFDIR   /etc; existing files there are never overwritten
+#   WIRING       systemd (default) or fork: which lacme.conf goes to
+#                SYSCONFDIR/lacme/lacme.conf; both land in DOCDIR/examples
+#   PIPFLAGS     extra pip options
+#   UNITDIR TMPFILESDIR SYSUSERSDIR GENERATORDIR DOCDIR  override one place
+
+DESTDIR ?=
+PREFIX ?= /usr/local
+PYTHON ?= python3
+VENV ?=
+BINDIR ?= $(if $(VENV),$(VENV)/bin,$(PREFIX)/bin)
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DOCDIR ?= $(PREFIX)/share/doc/lacme
+WIRING ?= systemd
+PIPFLAGS ?=
+
+INSTALL ?= install
+PIP_COMMON = --disable-pip-version-check --no-warn-script-location --root-user-action=ignore
+CONFDIR = $(DESTDIR)$(SYSCONFDIR)/lacme
+# The interpreter the generator runs (the programs' shebangs name the same).
+PYEXEC = $(if $(VENV),$(VENV)/bin/python,$(shell command -v $(PYTHON)))
+SUBST = sed -e 's|@bindir@|$(BINDIR)|g' -e 's|@docdir@|$(DOCDIR)|g'
+# Debian's interpreter adds "/local" to a pip --prefix (its posix_local
+# scheme): give it the prefix without it, so that files land in PREFIX.
+PIP_PREFIX = $(shell $(PYTHON) -c 'import sys, sysconfig; p = sys.argv[1]; print(p[:-6] if sysconfig.get_default_scheme() == "posix_local" and p.endswith("/local") else p)' '$(PREFIX)')
+WIRING_CONF = $(if $(filter systemd,$(WIRING)),etc/systemd/lacme.conf,etc/lacme.conf)
+
+.PHONY: all install install-python install-venv install-prefix install-units \
+	install-generator install-etc install-doc check check-wiring
+
+all:
+	@echo "nothing to build; see 'make install' (variables at the top of Makefile)"
+
+install: check-wiring install-python install-units install-generator install-etc install-doc
+
+check-wiring:
+	@case "$(WIRING)" in systemd|fork) ;; *) echo "Makefile: WIRING=$(WIRING): systemd or fork" >&2; exit 2;; esac
+
+install-python: $(if $(VENV),install-venv,install-prefix)
+
+# A virtual environment: created under DESTDIR, then the first line of its
+# scripts is rewritten to name VENV itself, where it will be run from.
+install-venv:
+	test -x $(DESTDIR)$(VENV)/bin/python || $(PYTHON) -m venv $(DESTDIR)$(VENV)
+	$(DESTDIR)$(VENV)/bin/python -m pip install $(PIP_COMMON) $(PIPFLAGS) .
+	$(if $(DESTDIR),grep -Il '^#!$(DESTDIR)/' $(DESTDIR)$(VENV)/bin/* | xargs -r sed -i '1s|^#!$(DESTDIR)/|#!/|')
+
+install-prefix:
+	$(PYTHON) -m pip install $(PIP_COMMON) $(if $(DESTDIR),--root=$(DESTDIR)) --prefix=$(PIP_PREFIX) $(PIPFLAGS) .
+
+install-units:
+	$(INSTALL) -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR)
+	for f in units/*; do \
+		$(SUBST) "$$f" > $(DESTDIR)$(UNITDIR)/$${f#units/}.tmp && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$${f#units/}.tmp && \
+		mv -f $(DESTDIR)$(UNITDIR)/$${f#units/}.tmp $(DESTDIR)$(UNITDIR)/$${f#units/} || exit 1; \
+	done
+	$(INSTALL) -m 0644 tmpfiles.d/lacme.conf $(DESTDIR)$(TMPFILESDIR)/lacme.conf
+	$(INSTALL) -m 0644 sysusers.d/lacme.conf $(DESTDIR)$(SYSUSERSDIR)/lacme.conf
+
+install-generator:
+	$(INSTALL) -d $(DESTDIR)$(GENERATORDIR)
+	printf '#!/bin/sh\n# lacme: narrows lacme-renew.service to the certificate paths (lacme/sdgenerator.py)\nexec %s -I -m lacme.sdgenerator "$$@"\n' \
+		'$(PYEXEC)' > $(DESTDIR)$(GENERATORDIR)/lacme-generator
+	chmod 0755 $(DESTDIR)$(GENERATORDIR)/lacme-generator
+
+# Configuration: never overwrite what is already there.
+install-etc:
+	$(INSTALL) -d -m 0755 $(CONFDIR) $(CONFDIR)/lacme-certs.conf.d
+	test -e $(CONFDIR)/lacme.conf || $(INSTALL) -m 0644 $(WIRING_CONF) $(CONFDIR)/lacme.conf
+	for f in lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README; do \
+		test -e $(CONFDIR)/$$f || $(INSTALL) -m 0644 etc/$$f $(CONFDIR)/$$f || exit 1; \
+	done
+
+install-doc:
+	$(INSTALL) -d $(DESTDIR)$(DOCDIR)/examples
+	$(INSTALL) -m 0644 docs/systemd.md $(DESTDIR)$(DOCDIR)/systemd.md
+	$(INSTALL) -m 0644 etc/lacme.conf $(DESTDIR)$(DOCDIR)/examples/lacme.conf.fork
+	$(INSTALL) -m 0644 etc/systemd/lacme.conf $(DESTDIR)$(DOCDIR)/examples/lacme.conf.systemd
+
+check:
+	$(PYTHON) -m pytest -q

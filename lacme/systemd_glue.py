@@ -1,0 +1,174 @@
+"""systemd glue shared by the lacme programs when systemd runs them.
+
+* ``notify_status``/``notify_ready``: sd_notify(3) through systemd-python,
+  no-ops without NOTIFY_SOCKET (any program, any privilege).
+* The journald MESSAGE_ID of each event kind (stable: journalctl
+  MESSAGE_ID=... finds them across versions).
+* ``start_notify_units``: run by the master (root) after a renewal; starts
+  lacme-notify@SECTION.service for every renewed section in ONE systemd
+  transaction (see below), with instance names escaped as systemd-escape(1)
+  does.  No RFC is involved; see systemd.unit(5) "String Escaping".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import uuid
+from typing import Sequence
+
+log = logging.getLogger("lacme")
+
+# MESSAGE_ID per event kind (journald catalog style, 128-bit hex).
+MESSAGE_ID_CERTIFICATE_INSTALLED = "0b1f7e4c9d2a4f60a3c5e8d1b2a7c901"
+MESSAGE_ID_RENEWAL_SKIPPED = "5c8e2d1a7b3f4e69a0d4c7b2e1f8a302"
+MESSAGE_ID_ORDER_FAILED = "9e4d3c2b1a0f4e5d8c7b6a5f4e3d2c03"
+MESSAGE_ID_VERIFICATION_FAILED = "4a7c0e95d2b84f1e9c63a1f0b57d2e48"
+MESSAGE_ID_NOTIFY_FAILED = "d81f3b6a4c2e4b97a05e6c9d1f3a7b52"
+
+NOTIFY_TEMPLATE = "lacme-notify@{}.service"
+UNIT_NAME_MAX = 255  # systemd's UNIT_NAME_MAX (256) less the terminating NUL
+NOTIFY_TIMEOUT = 600.0  # seconds; lacme-notify@.service itself stops at 5 min
+
+_KEPT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
+
+
+# --------------------------------------------------------------------------
+# sd_notify
+
+def notify(state: str) -> bool:
+    """Send ``state`` to the service manager; False when not supervised."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return False
+    try:
+        from systemd import daemon
+
+        return bool(daemon.notify(state))
+    except (ImportError, OSError):
+        return False
+
+
+def notify_status(text: str) -> bool:
+    """STATUS=: the one-line state shown by systemctl status."""
+    return notify("STATUS=" + text.replace("\n", " "))
+
+
+def notify_ready() -> bool:
+    """READY=1: start-up is finished (Type=notify)."""
+    return notify("READY=1")
+
+
+# --------------------------------------------------------------------------
+# unit names
+
+def escape_instance(name: str) -> str:
+    """``name`` escaped as ``systemd-escape NAME`` prints it.
+
+    Bytes of the UTF-8 form: ``/`` becomes ``-``; ASCII letters, digits,
+    ``:``, ``_`` and ``.`` (but not a leading ``.``) stay; every other byte
+    becomes ``\\xNN`` (lower-case hex).
+    """
+    out = []
+    for i, byte in enumerate(name.encode("utf-8", "surrogateescape")):
+        if byte == ord("/"):
+            out.append("-")
+        elif byte in _KEPT and not (i == 0 and byte == ord(".")):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def notify_unit_name(section: str) -> str:
+    """lacme-notify@ESCAPED.service; ValueError when systemd cannot name it."""
+    if not section:
+        raise ValueError("empty section name")
+    unit = NOTIFY_TEMPLATE.format(escape_instance(section))
+    if len(unit) > UNIT_NAME_MAX:
+        raise ValueError(f"unit name longer than {UNIT_NAME_MAX} characters")
+    return unit
+
+
+# --------------------------------------------------------------------------
+# notify units
+
+def transaction_argv(units: Sequence[str], run_id: str) -> list[str]:
+    """systemd-run command line that starts ``units`` in one transaction.
+
+    A transient oneshot service Requires= and is ordered After= every notify
+    unit: starting it enqueues all of them as one transaction, so a unit
+    that several of them pull in (Wants=lacme-reload@nginx.service) gets a
+    single job and runs once.  --wait returns when they are all done and
+    fails if one of them failed.
+    """
+    # systemd-run splits these values into words, a backslash escaping the
+    # next character: double the ones of \xNN escapes.
+    deps = " ".join(unit.replace("\\", "\\\\") for unit in units)
+    return [
+        "systemd-run", "--quiet", "--wait", "--collect",
+        f"--unit=lacme-notify-{run_id}",
+        "--description=lacme: notify units of renewed certificates",
+        "--service-type=oneshot",
+        f"--property=Requires={deps}",
+        f"--property=After={deps}",
+        "/bin/true",
+    ]
+
+
+def failed_units(units: Sequence[str]) -> dict[str, str]:
+    """Unit -> Result for the units that did not succeed (systemctl show)."""
+    proc = subprocess.run(
+        ["systemctl", "show", "--property=Id,ActiveState,Result", "--", *units],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    failed: dict[str, str] = {}
+    for block in proc.stdout.split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        unit, result = props.get("Id"), props.get("Result", "")
+        if unit and (props.get("ActiveState") == "failed" or result not in ("", "success")):
+            failed[unit] = result or "failed"
+    return failed
+
+
+def start_notify_units(sections: Sequence[str]) -> int:
+    """Start lacme-notify@SECTION.service for ``sections``; the failure count.
+
+    All units start in one transaction (``transaction_argv``).  Each failure
+    is logged with MESSAGE_ID_NOTIFY_FAILED and LACME_SECTION; nothing is
+    raised.
+    """
+    by_unit: dict[str, str] = {}
+    failures = 0
+    for section in dict.fromkeys(sections):
+        try:
+            by_unit[notify_unit_name(section)] = section
+        except ValueError as exc:
+            _log_notify_failure(section, "-", str(exc))
+            failures += 1
+    if not by_unit:
+        return failures
+    argv = transaction_argv(list(by_unit), uuid.uuid4().hex[:12])
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True,
+                              timeout=NOTIFY_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        for unit, section in by_unit.items():
+            _log_notify_failure(section, unit, f"systemd-run: {exc}")
+        return failures + len(by_unit)
+    if proc.returncode == 0:
+        return failures
+    failed = failed_units(list(by_unit))
+    if not failed:  # the transaction itself failed: no unit to blame
+        detail = proc.stderr.strip().splitlines()
+        reason = detail[-1] if detail else f"systemd-run exited with status {proc.returncode}"
+        failed = {unit: reason for unit in by_unit}
+    for unit, result in failed.items():
+        _log_notify_failure(by_unit.get(unit, unit), unit, result)
+    return failures + len(failed)
+
+
+def _log_notify_failure(section: str, unit: str, reason: str) -> None:
+    log.error("[%s] notify: %s: %s", section, unit, reason,
+              extra={"MESSAGE_ID": MESSAGE_ID_NOTIFY_FAILED, "LACME_SECTION": section,
+                     "LACME_UNIT": unit, "LACME_OUTCOME": "notify-failed"})
