@@ -307,12 +307,8 @@ class ClientSession:
                 results[msg["id"]] = True if refused is None else refused
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "error":  # the whole command failed: nothing follows
-                message = str(msg.get("message", "the ACME client failed"))
-                for sid, outcome in results.items():
-                    if outcome == "no answer from the ACME client":
-                        results[sid] = message
-                break
+            elif kind == "error":  # the whole command failed: one line says why
+                raise LacmeError(str(msg.get("message", "the ACME client failed")))
             elif kind == "done":
                 break
         return results
@@ -330,11 +326,8 @@ class ClientSession:
                 results[msg["id"]] = True
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "error":  # the whole command failed: nothing follows
-                for sid, outcome in results.items():
-                    if outcome is not True:
-                        results[sid] = str(msg.get("message", "the ACME client failed"))
-                break
+            elif kind == "error":  # the whole command failed: one line says why
+                raise LacmeError(str(msg.get("message", "the ACME client failed")))
             elif kind == "done":
                 break
         return results
