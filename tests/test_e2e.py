@@ -444,3 +444,38 @@ def test_missing_account_key_is_one_clear_error(setup, pebble):
     assert "Traceback" not in done.stderr
     assert not Path(section["certificate"]).exists()
     assert sum(pebble.requests_since(offset).values()) == 0
+
+
+def test_one_webserver_per_listen_address_unix_socket_0666(setup, tmp_path):
+    """Two listen addresses: TCP for Pebble and a UNIX socket (for a proxy);
+    the socket exists 0666 during the run and is removed afterwards."""
+    sockdir = tmp_path / "run"
+    sockdir.mkdir()
+    sock = sockdir / "www.sock"
+    seen = tmp_path / "seen"
+    wrapper = tmp_path / "client.sh"
+    real = [sys.executable, "-m", "lacme.client"]
+    wrapper.write_text(f"#!/bin/sh\nstat -c '%F %a' {sock} > {seen}\n"
+                       f"PYTHONPATH={TREE_ROOT} exec {' '.join(real)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    setup.listen = f"127.0.0.1:{setup.pebble.http_port}, {sock}"
+    setup.client_command = str(wrapper)
+    setup.write()
+    section = setup.add_section("www", [unique_name()])
+    setup.write_certs()
+    done = setup.run("newOrder")
+    assert done.returncode == 0, done.stderr
+    assert seen.read_text().split() == ["socket", "666"]
+    assert not sock.exists()
+    assert Path(section["certificate"]).exists()
+
+
+def test_webserver_that_cannot_start_is_named(setup):
+    setup.webserver_command = "/bin/false"
+    setup.write()
+    section = setup.add_section("www", [unique_name()])
+    setup.write_certs()
+    done = setup.run("newOrder")
+    assert done.returncode == 1
+    assert "webserver" in done.stderr and "exited with status 1" in done.stderr
+    assert not Path(section["certificate"]).exists()
