@@ -12,7 +12,7 @@ set -euo pipefail
 PACKAGES=(
     pebble lacme lacme-accountd libcrypt-openssl-rsa-perl
     libsystemd-dev pkg-config systemd-container iptables openssl gnupg
-    python3-venv python3-dev python3-pip gcc
+    python3-venv python3-dev python3-pip gcc make iproute2
 )
 
 die() {
