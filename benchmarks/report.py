@@ -1,0 +1,214 @@
+"""Figures, ratios and targets from the raw runs; results.json and RESULTS.md.
+
+Run by the benchmark runner at the end (no I/O besides writing the two files).
+Ratios are this project's wall time over a peer's, computed pair by pair
+(run i against run i of the same round), then summarised by their median.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+SCENARIOS = {
+    "S1": "register an account + 1 certificate, 1 name (fresh state)",
+    "S2": "register an account + 1 certificate, 10 names (fresh state)",
+    "S3": "20 certificates of 1 name (account exists)",
+    "S4": "no-op renewal check of the 20 fresh certificates",
+    "S5": "100 certificates of 1 name (account exists)",
+}
+SHAPE = {"S1": (1, 1), "S2": (1, 10), "S3": (20, 1), "S5": (100, 1)}  # certificates, names
+US = "lacme"
+
+
+def ok_runs(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if not r["failed"]]
+
+
+def summarize(runs: list[dict]) -> dict:
+    good = ok_runs(runs)
+    if not good:
+        return {"runs": len(runs), "failed": len(runs)}
+    walls = [r["wall"] for r in good]
+    endpoints = sorted({e for r in good for e in r["requests"]})
+    return {
+        "runs": len(runs), "failed": len(runs) - len(good),
+        "wall_median": statistics.median(walls), "wall_min": min(walls), "wall_max": max(walls),
+        "cpu_median": statistics.median(r["cpu"] for r in good),
+        "rss_largest_mb_max": max(r["rss_largest_kb"] for r in good) / 1024,
+        "rss_tree_mb_max": max(r["rss_tree_kb"] for r in good) / 1024,
+        "invocations": good[0]["invocations"],
+        "requests_median": statistics.median(sum(r["requests"].values()) for r in good),
+        "requests_by_endpoint": {e: statistics.median(r["requests"].get(e, 0) for r in good)
+                                 for e in endpoints},
+    }
+
+
+def pair_ratios(ours: list[dict], peer: list[dict]) -> list[float]:
+    return [a["wall"] / b["wall"] for a, b in zip(ours, peer)
+            if not a["failed"] and not b["failed"]]
+
+
+def ratio_summary(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "pairs": len(values)}
+
+
+def compute(results: dict) -> tuple[dict, dict]:
+    summary = {s: {c: summarize(runs) for c, runs in clients.items()}
+               for s, clients in results.items()}
+    ratios: dict = {}
+    for scenario, clients in results.items():
+        if US not in clients:
+            continue
+        for peer, runs in clients.items():
+            if peer != US:
+                r = ratio_summary(pair_ratios(clients[US], runs))
+                if r:
+                    ratios.setdefault(scenario, {})[peer] = r
+    for a, b in (("S2", "S1"), ("S5", "S3")):
+        if US in results.get(a, {}) and US in results.get(b, {}):
+            r = ratio_summary(pair_ratios(results[a][US], results[b][US]))
+            if r:
+                ratios.setdefault(a, {})[f"{US} {b}"] = r
+    return summary, ratios
+
+
+def request_budget(scenario: str, invocations: int) -> int:
+    certs, names = SHAPE[scenario]
+    return certs * (2 * names + 5 + 1) + 3 * invocations
+
+
+def check_requests(results: dict) -> tuple[bool | None, str]:
+    worst = []
+    verdict: bool | None = None
+    for scenario in SHAPE:
+        for run in ok_runs(results.get(scenario, {}).get(US, [])):
+            req, inv = run["requests"], run["invocations"]
+            total = sum(req.values())
+            nonces = req.get("HEAD /nonce-plz", 0) + req.get("GET /nonce-plz", 0)
+            good = (total <= request_budget(scenario, inv) and req.get("GET /dir", 0) <= inv
+                    and nonces <= inv and req.get("POST /sign-me-up", 0) <= inv)
+            verdict = good if verdict is None else verdict and good
+            worst.append(f"{scenario} {total}/{request_budget(scenario, inv)}")
+    return verdict, ", ".join(sorted(set(worst)))
+
+
+def median_of(summary: dict, scenario: str, client: str) -> float | None:
+    return summary.get(scenario, {}).get(client, {}).get("wall_median")
+
+
+def targets(summary: dict, ratios: dict, results: dict, notes: dict) -> list[dict]:
+    def ratio(s: str, peer: str) -> float | None:
+        r = ratios.get(s, {}).get(peer)
+        return r["median"] if r else None
+
+    out = []
+
+    def add(name: str, goal: str, value: float | None, met: bool | None, detail: str = "") -> None:
+        out.append({"target": name, "goal": goal,
+                    "value": None if value is None else round(value, 3),
+                    "met": met, "detail": detail})
+
+    r = ratio("S1", "acme-tiny")
+    add("S1", "ratio to acme-tiny <= 1.0", r, None if r is None else r <= 1.0)
+    r = ratio("S2", f"{US} S1")
+    add("S2", "<= 1.2 x this project's S1", r, None if r is None else r <= 1.2)
+    r = ratio("S3", "lacme-perl")
+    peers = {p: v["median"] for p, v in ratios.get("S3", {}).items()}
+    below = all(v < 1.0 for v in peers.values()) if peers else None
+    add("S3", "<= 0.05 x lacme-perl, and below every peer", r,
+        None if r is None else r <= 0.05 and bool(below),
+        ", ".join(f"{p} {v:.3f}" for p, v in peers.items()))
+    r = ratio("S4", "lacme-perl")
+    s4_requests = [sum(x["requests"].values()) for x in results.get("S4", {}).get(US, [])]
+    imports = notes.get("s4_protocol_imports")
+    quiet = bool(s4_requests) and max(s4_requests) == 0 and imports == []
+    add("S4", "ratio to lacme-perl <= 1.0, no request, no protocol module", r,
+        None if r is None else r <= 1.0 and quiet,
+        f"requests per run {sorted(set(s4_requests))}, protocol modules imported: {imports}")
+    r = ratio("S5", f"{US} S3")
+    add("S5", "<= 3 x this project's S3", r, None if r is None else r <= 3.0)
+    met, detail = check_requests(results)
+    add("Requests", "<= 2N+5+1 per certificate + dir, nonce, account once per invocation",
+        None, met, "observed/budget: " + detail)
+    mem = summary.get("S3", {}).get(US, {}).get("rss_tree_mb_max")
+    add("Memory", "four components < 60 MB RSS together in S3", mem,
+        None if mem is None else mem < 60)
+    return out
+
+
+# -- Markdown ----------------------------------------------------------------
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def render(machine: dict, summary: dict, ratios: dict, rates: dict, goals: list[dict],
+           notes: dict) -> str:
+    lines = ["# Benchmark results", "",
+             f"Date: {machine['date']}. Machine: {machine['cpu']}, {machine['cores']} cores, "
+             f"{machine['memory_gb']} GB, {machine['os']}, kernel {machine['kernel']}. "
+             f"Runs: {notes['runs']} per client and scenario (S5: {notes['s5_runs']} for lacme, "
+             f"{notes.get('s5_perl_runs')} for lacme-perl, which takes about 5 minutes a run), "
+             f"interleaved; whole benchmark {notes.get('duration_s', '?')} s.", "",
+             "Versions: " + "; ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
+             "", "Wall time in seconds (median, min–max); CPU seconds (median, user+system, "
+             "whole process tree); peak RSS in MB (largest process / summed over the live tree, "
+             "worst run); ACME requests per run (median, from Pebble's log); ratio = lacme's wall "
+             "time / the peer's, pair by pair, median (min–max).", ""]
+    for scenario, title in SCENARIOS.items():
+        if scenario not in summary:
+            continue
+        lines += [f"## {scenario}: {title}", "",
+                  "| client | invocations | wall median | min–max | CPU s | RSS largest / tree MB "
+                  "| requests | lacme ratio |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for client, s in summary[scenario].items():
+            if "wall_median" not in s:
+                lines.append(f"| {client} | | all {s['runs']} runs failed | | | | | |")
+                continue
+            r = ratios.get(scenario, {}).get(client)
+            ratio = f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})" if r else ""
+            failed = f" ({s['failed']} failed)" if s["failed"] else ""
+            lines.append(
+                f"| {client}{failed} | {s['invocations']} | {fmt(s['wall_median'])} "
+                f"| {fmt(s['wall_min'])}–{fmt(s['wall_max'])} | {fmt(s['cpu_median'], 2)} "
+                f"| {s['rss_largest_mb_max']:.0f} / {s['rss_tree_mb_max']:.0f} "
+                f"| {s['requests_median']:g} | {ratio} |")
+        lines.append("")
+    if rates:
+        lines += ["## S6: lacme-accountd alone, signatures per second over one connection", "",
+                  "| key | client | median | min–max |", "| --- | --- | ---: | ---: |"]
+        for label, clients in rates.items():
+            for client, values in clients.items():
+                lines.append(f"| {label} | {client} | {statistics.median(values):.0f} "
+                             f"| {min(values):.0f}–{max(values):.0f} |")
+        lines.append("")
+    lines += ["## Requests by endpoint (median per run)", ""]
+    for scenario in SCENARIOS:
+        for client, s in summary.get(scenario, {}).items():
+            if s.get("requests_by_endpoint"):
+                parts = ", ".join(f"{e} {v:g}" for e, v in s["requests_by_endpoint"].items())
+                lines.append(f"- {scenario} {client}: {parts}")
+    for error in notes.get("errors", []):
+        lines.append(f"\nError: {error}")
+    lines += ["", "## Targets", "", "| target | goal | value | met | detail |",
+              "| --- | --- | ---: | --- | --- |"]
+    for g in goals:
+        met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
+        lines.append(f"| {g['target']} | {g['goal']} | {fmt(g['value'])} | {met} | {g['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, machine: dict, results: dict, rates: dict, notes: dict) -> None:
+    summary, ratios = compute(results)
+    goals = targets(summary, ratios, results, notes)
+    out.mkdir(parents=True, exist_ok=True)
+    document = {"machine": machine, "notes": notes, "summary": summary, "ratios": ratios,
+                "targets": goals, "accountd_rates": rates, "runs": results}
+    (out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
+    (out / "RESULTS.md").write_text(render(machine, summary, ratios, rates, goals, notes))
