@@ -15,6 +15,7 @@ import argparse
 import itertools
 import logging
 import os
+import select
 import signal
 import socket
 import stat
@@ -35,6 +36,11 @@ NAME = "lacme-accountd"
 DEFAULT_SOCKET = "%t/S.lacme"
 DEFAULT_GPG = "gpg --quiet"
 LISTEN_BACKLOG = 16
+# The CA origin lacme passes when it spawns accountd (fork mode).  An
+# environment variable, not an option: Debian's lacme-accountd ignores it
+# where it would refuse an unknown option.  --origin and the configuration
+# file's origin win over it.
+ORIGIN_VARIABLE = "LACME_ACCOUNTD_ORIGIN"
 
 logger = logging.getLogger(NAME)
 
@@ -83,6 +89,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if args.privkey:
         config.check_privkey(args.privkey, "--privkey")
     origin = config.parse_origin(args.origin, "--origin") if args.origin else cfg.origin
+    if origin is None and os.environ.get(ORIGIN_VARIABLE):
+        origin = config.parse_origin(os.environ[ORIGIN_VARIABLE], ORIGIN_VARIABLE)
 
     def expanded(value: str | None, loc: str) -> str | None:
         return None if value is None else config.expand_specifiers(value, ident, loc)
@@ -242,53 +250,89 @@ def serve_socket(sock: socket.socket, signer: Signer, conn_id: str) -> None:
     logger.log(log.VERBOSE, "[%s] connection terminated", conn_id)
 
 
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-
-def start_thread(target: Any, *args: Any) -> threading.Thread:
-    """A daemon thread that never takes SIGINT/SIGTERM.
-
-    The kernel may deliver a process signal to any thread that does not
-    block it; Python would then only set a flag, and the main thread,
-    blocked in accept(), would never see the signal.  Threads inherit the
-    signal mask of their creator, hence the block around start().
-    """
-    thread = threading.Thread(target=target, args=args, daemon=True)
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    return thread
-
-
 def accept_forever(listener: socket.socket, signer: Signer, counter: itertools.count) -> None:
     """Accept connections and serve each in a thread of its own."""
     while True:
-        conn, _ = listener.accept()
-        conn_id = str(next(counter))
-        start_thread(serve_socket, conn, signer, conn_id)
+        try:
+            conn, _ = listener.accept()
+        except OSError as exc:
+            logger.debug("accept: %s", exc)
+            return
+        start_thread(serve_socket, conn, signer, str(next(counter)))
+
+
+def start_thread(target: Any, *args: Any) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
 
 
 # ---------------------------------------------------------------------------
-# Modes
+# The main thread: waits for a stop signal or for the work to be done
 
-class _Stop(Exception):
-    """Raised in the main thread by SIGINT/SIGTERM."""
-
-
-def _raise_stop(signum: int, _frame: Any) -> None:
-    raise _Stop(signal.Signals(signum).name)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def install_signal_handlers() -> None:
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_stop)
+class Waiter:
+    """Where the main thread sleeps while threads serve.
+
+    SIGINT/SIGTERM reach it through ``signal.set_wakeup_fd``: the C-level
+    handler writes the signal number to a socket we select on, so a signal
+    that arrives just before a blocking call is never lost (a Python handler
+    raising an exception would only run once that call returns, and a signal
+    taken by another thread would not interrupt it at all).  Workers that
+    finish write DONE to the same socket.
+    """
+
+    DONE = 0xFF  # not a signal number
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda _signum, _frame: None)
+        signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
+
+    def done(self) -> None:
+        """Called by a worker thread when it is finished."""
+        try:
+            self._w.send(bytes([self.DONE]))
+        except OSError:
+            pass
+
+    def wait(self, workers: int | None = None) -> str | None:
+        """The name of the stop signal, or None once ``workers`` have called done()."""
+        remaining = workers
+        while remaining is None or remaining > 0:
+            select.select([self._r], [], [])
+            try:
+                data = self._r.recv(256)
+            except BlockingIOError:
+                continue
+            for byte in data:
+                if byte != self.DONE:
+                    return signal.Signals(byte).name
+                if remaining is not None:
+                    remaining -= 1
+        return None
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._r.close()
+        self._w.close()
 
 
-def ignore_signals() -> None:
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+def run_in_thread(waiter: Waiter, target: Any, *args: Any) -> None:
+    """``target(*args)`` in a thread that tells ``waiter`` when it is done."""
+
+    def work() -> None:
+        try:
+            target(*args)
+        finally:
+            waiter.done()
+
+    start_thread(work)
 
 
 def notify_ready() -> None:
@@ -298,29 +342,32 @@ def notify_ready() -> None:
         daemon.notify("READY=1")
 
 
-def run_stdio(signer: Signer) -> None:
+def serve_stdio(signer: Signer) -> None:
     with os.fdopen(0, "rb", closefd=False) as rfile, os.fdopen(1, "wb", closefd=False) as wfile:
         serve_connection(rfile, wfile, signer, str(os.getpid()))
 
 
-def run_inherited(fds: list[transport.InheritedFd], signer: Signer) -> None:
+def run_stdio(signer: Signer, waiter: Waiter) -> None:
+    run_in_thread(waiter, serve_stdio, signer)
+    stopped = waiter.wait(workers=1)
+    if stopped:
+        logger.debug("stopped by %s", stopped)
+
+
+def run_inherited(fds: list[transport.InheritedFd], signer: Signer, waiter: Waiter) -> None:
     """Listening sockets: accept loops until a signal; connections: serve them, then exit."""
     counter = itertools.count()
     listeners = [fd for fd in fds if transport.is_listening(fd.fd)]
     connections = [fd for fd in fds if fd not in listeners]
-    threads = []
     for fd in connections:
-        sock = socket.socket(fileno=fd.fd)
-        threads.append(start_thread(serve_socket, sock, signer, str(next(counter))))
-    if not listeners:
-        for t in threads:
-            t.join()
-        return
-    socks = [socket.socket(fileno=fd.fd) for fd in listeners]
-    for sock in socks[1:]:
-        start_thread(accept_forever, sock, signer, counter)
-    notify_ready()
-    accept_forever(socks[0], signer, counter)
+        run_in_thread(waiter, serve_socket, socket.socket(fileno=fd.fd), signer, str(next(counter)))
+    for fd in listeners:
+        start_thread(accept_forever, socket.socket(fileno=fd.fd), signer, counter)
+    if listeners:
+        notify_ready()
+    stopped = waiter.wait(workers=None if listeners else len(connections))
+    if stopped:
+        logger.debug("stopped by %s", stopped)
 
 
 def check_socket_path(path: str) -> None:
@@ -363,23 +410,15 @@ def remove_socket(path: str, bound: os.stat_result) -> None:
         logger.error("%s: cannot remove: %s", path, exc.strerror or exc)
 
 
-def run_bound(path: str, signer: Signer) -> None:
-    # SIGINT/SIGTERM are held from bind until we are inside the try that
-    # removes the socket, so that a stop never leaves the socket behind.
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+def run_bound(path: str, signer: Signer, waiter: Waiter) -> None:
+    sock = bind_socket(path)
+    bound = os.lstat(path)
     try:
-        sock = bind_socket(path)
-        bound = os.lstat(path)
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        raise
-    try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         logger.log(log.VERBOSE, "listening on %s", path)
+        start_thread(accept_forever, sock, signer, itertools.count())
         notify_ready()
-        accept_forever(sock, signer, itertools.count())
+        logger.debug("stopped by %s", waiter.wait())
     finally:
-        ignore_signals()  # a second SIGTERM must not interrupt the clean-up
         remove_socket(path, bound)
         sock.close()
 
@@ -388,32 +427,35 @@ def run(settings: Settings) -> None:
     key = load_account_key(settings.privkey, settings.gpg)
     signer = Signer(key, settings.keyid, settings.origin)
     logger.debug("account key: %s, thumbprint %s", key.alg, key.thumbprint)
-    if settings.stdio:
-        run_stdio(signer)
-        return
-    fds = transport.inherited_fds()
-    if fds:
-        run_inherited(fds, signer)
-        return
-    assert settings.socket is not None  # expanded only now: %t may be undefined with --stdio
-    path = config.expand_specifiers(settings.socket, specifiers.Identity.current(), "socket")
-    run_bound(path, signer)
+    waiter = Waiter()  # from here on SIGINT/SIGTERM end the program cleanly
+    try:
+        if settings.stdio:
+            run_stdio(signer, waiter)
+            return
+        fds = transport.inherited_fds()
+        if fds:
+            run_inherited(fds, signer, waiter)
+            return
+        assert settings.socket is not None  # expanded only now: %t may be undefined with --stdio
+        path = config.expand_specifiers(settings.socket, specifiers.Identity.current(), "socket")
+        run_bound(path, signer, waiter)
+    finally:
+        waiter.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     log.setup(NAME, debug=debug)
     try:
-        install_signal_handlers()
         args = parse_args(argv)
         settings = load_settings(args)
         setup_logging(settings.quiet, settings.debug, settings.logfile)
         run(settings)
-    except _Stop as stop:
-        logger.debug("stopped by %s", stop)
     except LacmeError as exc:
         logger.error("%s", exc, exc_info=debug)
         return exc.exit_code
+    except KeyboardInterrupt:  # before serving, e.g. at gpg's passphrase prompt
+        return 130
     return 0
 
 

@@ -15,12 +15,17 @@ Every request is bounded by the session's deadline.
 
 from __future__ import annotations
 
+import _socket
+import contextlib
 import email.utils
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
+import urllib.parse
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
@@ -39,8 +44,12 @@ ERROR_NS = "urn:ietf:params:acme:error:"
 BAD_NONCE = ERROR_NS + "badNonce"
 # RFC 8555 6.5 lets the client retry a badNonce with the nonce that came
 # with the error.  A real CA rejects a nonce rarely; test CAs (Pebble's
-# PEBBLE_WFE_NONCEREJECT) reject a fixed fraction at random, hence a dozen.
+# PEBBLE_WFE_NONCEREJECT=50) reject half of them at random: 12 retries make
+# a spurious failure a 1 in 8192 event per request.  A storm (every nonce
+# rejected) is cut sooner across the session: BAD_NONCE_STORM rejections in
+# a row, whichever requests they answered, end every request of the run.
 MAX_BAD_NONCE_RETRIES = 12
+BAD_NONCE_STORM = 16
 # Concurrent orders share one nonce pool.  When it is empty but a request
 # is in flight, its answer will bring a nonce within one round trip, which
 # is never slower than a HEAD newNonce of our own; wait that long at most.
@@ -49,7 +58,14 @@ POLL_FIRST = 0.1  # first poll of an order this soon after the last step
 POLL_FACTOR = 1.5
 POLL_MAX = 2.0
 POLL_FLOOR = 0.05  # never poll more often than this, whatever Retry-After says
+RETRY_AFTER_MIN = 1.0  # a server's Retry-After below this (0 included) is raised to it
 DETAIL_LIMIT = 300  # characters of server text kept in one error line
+# Bounds on what the server may send (memory stays far below 100 MB).
+MAX_JSON_BYTES = 128 * 1024  # a directory, account, order, authorization or problem
+MAX_CHAIN_BYTES = 512 * 1024  # a PEM certificate chain (it must fit a control message)
+MAX_JSON_DEPTH = 32  # nesting of arrays and objects
+MAX_GET_REDIRECTS = 3  # GET redirects followed, and only within the server's origin
+READ_CHUNK = 64 * 1024
 JSON_TYPES = ("application/json", "application/problem+json")
 PEM_CHAIN = "application/pem-certificate-chain"
 
@@ -163,6 +179,116 @@ def _identifier_text(ident: dict) -> str:
     return escape_text(f"{_text(ident.get('type'))}:{_text(ident.get('value'))}", 120)
 
 
+def origin_of(url: Any) -> str:
+    """``https://host[:port]`` of an absolute https URL (RFC 6454 origin).
+
+    ValueError for anything else: another scheme (plain http included),
+    user information, control characters or spaces, a bad port.
+    """
+    if not isinstance(url, str) or not url or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
+        raise ValueError("not a printable ASCII URL")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise ValueError("not an https URL")
+    if "@" in parts.netloc:
+        raise ValueError("user information in the URL")
+    port = parts.port  # ValueError when not a number in range
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}" if port in (None, 443) else f"https://{host}:{port}"
+
+
+def json_depth_exceeds(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when arrays/objects in ``data`` nest deeper than ``limit``.
+
+    A linear scan that skips strings, run before json.loads so that a deeply
+    nested document is refused without recursion.
+    """
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def parse_json(data: bytes) -> Any:
+    """Decode a JSON body: size and depth already bounded; ValueError if malformed."""
+    if json_depth_exceeds(data):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _Watchdog:
+    """Shuts down every TLS socket of a session at its deadline (or when cancelled).
+
+    Socket timeouts bound each read, not their sum: a server sending one
+    byte a second would hold a read for ever.  shutdown(2) from this timer
+    thread ends any read or handshake in progress at once.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self._sockets: weakref.WeakSet[ssl.SSLSocket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._expired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def socket_class(self) -> type[ssl.SSLSocket]:
+        watchdog = self
+
+        class _WatchedSSLSocket(ssl.SSLSocket):
+            def do_handshake(self, block: bool = False) -> None:
+                watchdog.watch(self)
+                super().do_handshake(block)
+
+        return _WatchedSSLSocket
+
+    def watch(self, sock: ssl.SSLSocket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            expired = self._expired
+        if expired:
+            _shutdown_socket(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown_socket(sock)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
+def _shutdown_socket(sock: socket.socket) -> None:
+    try:  # the descriptor's shutdown(2), not SSLSocket's (which unwraps TLS)
+        _socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
+
+
 def tls_version_range(spec: str) -> tuple[ssl.TLSVersion | None, ssl.TLSVersion | None]:
     """(minimum, maximum) TLS versions for an ``SSL_version`` value.
 
@@ -236,6 +362,13 @@ def make_ssl_context(
         raise ValueError(f"SSL_cipher_list: {ssl_cipher_list!r}: {exc}") from None
 
 
+class _RefusingAdapter(HTTPAdapter):
+    """Mounted for http://: plain HTTP is never used."""
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        raise requests.exceptions.InvalidURL("plain http refused")
+
+
 class _TLSAdapter(HTTPAdapter):
     """An HTTPAdapter whose connections use one given SSLContext."""
 
@@ -307,11 +440,23 @@ class AcmeSession:
         user_agent: str = f"lacme/{__version__}",
         pool_size: int = 10,
     ) -> None:
+        try:
+            self.origin = origin_of(directory_url)
+        except ValueError as exc:
+            raise ValueError(f"server: {escape_text(directory_url, 200)}: {exc}") from None
         self.directory_url = directory_url
         self.signer = signer
         self.deadline = deadline  # time.monotonic() based
         self.kid: str | None = signer.kid
-        self._http = self._make_http(verify, ssl_version, ssl_cipher_list, user_agent, pool_size)
+        self._watchdog = _Watchdog(deadline)
+        try:
+            self._http = self._make_http(verify, ssl_version, ssl_cipher_list, user_agent, pool_size,
+                                         self._watchdog.socket_class())
+        except BaseException:
+            self._watchdog.stop()
+            raise
+        self._budget = threading.local()  # requests left to the calling thread's order
+        self._bad_nonce_run = 0  # badNonce answers in a row, session-wide
         self._directory: dict | None = None
         self._directory_lock = threading.Lock()
         self._account_lock = threading.Lock()
@@ -323,22 +468,22 @@ class AcmeSession:
     @staticmethod
     def _make_http(
         verify: bool | str, ssl_version: str | None, ssl_cipher_list: str | None,
-        user_agent: str, pool_size: int,
+        user_agent: str, pool_size: int, socket_class: type[ssl.SSLSocket],
     ) -> requests.Session:
         http = requests.Session()
         http.trust_env = False  # no proxies, .netrc or CA bundle from the environment
         http.verify = verify
         if verify is False:  # SSL_verify = No was asked for: no warning per request
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        http.headers.update({"User-Agent": user_agent, "Accept-Language": "en"})
+        # identity: a compressed body could inflate past every size bound
+        http.headers.update({"User-Agent": user_agent, "Accept-Language": "en",
+                             "Accept-Encoding": "identity"})
         size = max(1, pool_size)
-        if ssl_version or ssl_cipher_list:
-            context = make_ssl_context(verify=verify, ssl_version=ssl_version,
-                                       ssl_cipher_list=ssl_cipher_list)
-            http.mount("https://", _TLSAdapter(context, pool_maxsize=size))
-        else:
-            http.mount("https://", HTTPAdapter(pool_maxsize=size))
-        http.mount("http://", HTTPAdapter(pool_maxsize=size))
+        context = make_ssl_context(verify=verify, ssl_version=ssl_version,
+                                   ssl_cipher_list=ssl_cipher_list)
+        context.sslsocket_class = socket_class
+        http.mount("https://", _TLSAdapter(context, pool_maxsize=size))
+        http.mount("http://", _RefusingAdapter())  # every URL is checked before; a second wall
         return http
 
     # -- lifetime ------------------------------------------------------------
@@ -350,11 +495,46 @@ class AcmeSession:
     def cancel(self) -> None:
         """Make every pending and future request or poll fail at once."""
         self._cancelled.set()
+        self._watchdog.expire()
         with self._nonce_cond:
             self._nonce_cond.notify_all()
 
     def close(self) -> None:
+        self._watchdog.stop()
         self._http.close()
+
+    @contextlib.contextmanager
+    def request_budget(self, limit: int) -> Any:
+        """Bound the HTTP requests the calling thread makes in the block (one order)."""
+        self._budget.left = limit
+        self._budget.limit = limit
+        try:
+            yield
+        finally:
+            self._budget.left = None
+
+    def _spend_request(self, url: str) -> None:
+        left = getattr(self._budget, "left", None)
+        if left is None:
+            return
+        if left <= 0:
+            raise AcmeError(f"{escape_text(url, 200)}: more than {self._budget.limit} requests "
+                            f"for one order, giving up")
+        self._budget.left = left - 1
+
+    def check_url(self, url: Any, what: str = "URL") -> str:
+        """``url`` if it lies on the directory's origin (https, same host and port).
+
+        Every URL the server hands out goes through here before it is used.
+        """
+        try:
+            if origin_of(url) == self.origin:
+                return url
+            reason = f"not on the ACME server's origin {self.origin}"
+        except ValueError as exc:
+            reason = str(exc)
+        raise AcmeError(f"{escape_text(self.directory_url, 200)}: {what} {escape_text(repr(url), 200)} "
+                        f"refused: {reason}")
 
     def _check_time(self, url: str) -> float:
         if self._cancelled.is_set():
@@ -367,14 +547,26 @@ class AcmeSession:
     # -- HTTP ------------------------------------------------------------------
 
     def _send(self, method: str, url: str, *, pool_nonce: bool = True,
-              **kwargs: Any) -> requests.Response:
-        """One HTTP request bounded by the deadline; pools its Replay-Nonce."""
+              limit: int = MAX_JSON_BYTES, **kwargs: Any) -> requests.Response:
+        """One HTTP request bounded by the deadline and ``limit`` body octets.
+
+        Only URLs on the server's origin; redirects are never followed here.
+        Pools the response's Replay-Nonce.
+        """
+        self.check_url(url)
         left = self._check_time(url)
+        self._spend_request(url)
         log.debug("%s %s", method, escape_text(url))
         try:
-            response = self._http.request(method, url, timeout=left, allow_redirects=False, **kwargs)
-        except OSError as exc:  # requests' exceptions, and a missing CA file
-
+            response = self._http.request(method, url, timeout=left, allow_redirects=False,
+                                          stream=True, **kwargs)
+            try:
+                self._read_body(response, url, limit)
+            finally:
+                response.close()
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # requests' exceptions, a missing CA file
+            if self._cancelled.is_set():
+                raise AcmeError(f"{escape_text(url, 200)}: cancelled") from None
             if self.remaining() <= 0:
                 raise AcmeError(f"{escape_text(url, 200)}: timed out (client timeout reached)") from None
             raise AcmeError(f"{escape_text(url, 200)}: {describe_exception(exc)}") from None
@@ -385,6 +577,27 @@ class AcmeSession:
                 self._nonce_cond.notify()
         log.log(VERBOSE, "%s %s -> %d", method, escape_text(url), response.status_code)
         return response
+
+    def _read_body(self, response: requests.Response, url: str, limit: int) -> None:
+        """Read the body into ``response`` (``.content``), refusing more than ``limit`` octets."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise AcmeError(f"{escape_text(url, 200)}: {response.status_code} with a body of "
+                            f"{int(declared)} octets, over the limit of {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            self._check_time(url)
+            chunk = response.raw.read(READ_CHUNK, decode_content=False)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise AcmeError(f"{escape_text(url, 200)}: {response.status_code} with a body "
+                                f"over the limit of {limit} octets")
+            chunks.append(chunk)
+        response._content = b"".join(chunks)  # what requests' .content returns
+        response._content_consumed = True
 
     def _take_nonce(self, url: str) -> str:
         """A fresh nonce: from the pool, from a response in flight, or HEAD newNonce.
@@ -422,11 +635,22 @@ class AcmeSession:
             raise AcmeError(f"{escape_text(nonce_url, 200)}: {response.status_code}, no Replay-Nonce")
         return nonce
 
+    def _get(self, url: str) -> requests.Response:
+        """An unsigned GET; redirects followed, a few, and only within the origin."""
+        for _ in range(MAX_GET_REDIRECTS + 1):
+            response = self._send("GET", url)
+            if response.status_code not in (301, 302, 303, 307, 308):
+                return response
+            target = urllib.parse.urljoin(url, response.headers.get("Location", ""))
+            self.check_url(target, f"redirect from {escape_text(url, 200)} to")
+            url = target
+        raise AcmeError(f"{escape_text(url, 200)}: more than {MAX_GET_REDIRECTS} redirects")
+
     def directory(self) -> dict:
         """The directory object (RFC 8555 7.1.1), fetched once per session."""
         with self._directory_lock:
             if self._directory is None:
-                response = self._send("GET", self.directory_url)
+                response = self._get(self.directory_url)
                 body = self._decode(response, self.directory_url)
                 if not isinstance(body, dict):
                     raise AcmeError(f"{escape_text(self.directory_url, 200)}: directory is not a JSON object")
@@ -437,7 +661,7 @@ class AcmeSession:
         url = self.directory().get(name)
         if not isinstance(url, str) or not url:
             raise AcmeError(f"{escape_text(self.directory_url, 200)}: no {name!r} resource in the directory")
-        return url
+        return self.check_url(url, f"directory {name}")
 
     def terms_of_service(self) -> str | None:
         meta = self.directory().get("meta")
@@ -449,9 +673,13 @@ class AcmeSession:
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         if content_type in JSON_TYPES:
             try:
-                return Problem.from_json(response.json(), response.status_code)
+                return Problem.from_json(parse_json(response.content), response.status_code)
             except ValueError:
                 pass
+        if 300 <= response.status_code < 400:
+            location = escape_text(response.headers.get("Location", ""), 200)
+            return Problem(type="", detail=f"redirect to {location} not followed",
+                           status=response.status_code)
         return Problem(type="", detail=response.reason or "", status=response.status_code)
 
     def _decode(self, response: requests.Response, url: str) -> Any:
@@ -465,41 +693,55 @@ class AcmeSession:
             raise AcmeError(f"{escape_text(url, 200)}: {response.status_code} with "
                             f"Content-Type {escape_text(content_type, 80)!s}, not JSON")
         try:
-            return response.json()
-        except ValueError:
-            raise AcmeError(f"{escape_text(url, 200)}: {response.status_code} with malformed JSON") from None
+            return parse_json(response.content)
+        except ValueError as exc:
+            raise AcmeError(f"{escape_text(url, 200)}: {response.status_code} with malformed JSON "
+                            f"({escape_text(exc, 100)})") from None
 
     # -- signed requests (RFC 8555 6.2, 6.3, 6.5) ------------------------------
 
     def post(
         self, url: str, payload: dict | None, *, use_jwk: bool = False,
-        accept: str | None = None,
+        accept: str | None = None, limit: int = MAX_JSON_BYTES,
     ) -> requests.Response:
         """A JWS-signed POST; ``payload`` None is POST-as-GET.  Retries badNonce.
 
         Signed with ``kid`` unless ``use_jwk`` (newAccount, revokeCert with the
-        certificate key).  Returns the successful response; raises
+        certificate key), and only for a URL on the server's origin.  Never
+        follows a redirect.  Returns the successful response; raises
         AcmeProblemError for any error answer.
         """
         headers = {"Content-Type": "application/jose+json"}
         if accept:
             headers["Accept"] = accept
+        self.check_url(url)  # before anything is signed
         self._check_signer(url, use_jwk)
         for attempt in range(MAX_BAD_NONCE_RETRIES + 1):
             nonce = self._take_nonce(url)
             try:
                 body = self._sign(url, payload, use_jwk, nonce)
-                response = self._send("POST", url, data=json.dumps(body), headers=headers)
+                response = self._send("POST", url, data=json.dumps(body), headers=headers, limit=limit)
             finally:
                 self._release_slot()
             if 200 <= response.status_code < 300:
+                self._count_bad_nonce(False)
                 return response
             problem = self._problem(response)
-            if problem.type == BAD_NONCE and attempt < MAX_BAD_NONCE_RETRIES:
-                log.debug("%s: badNonce, retrying with a fresh nonce", escape_text(url))
-                continue
-            raise AcmeProblemError(url, problem)
+            if problem.type != BAD_NONCE:
+                self._count_bad_nonce(False)
+                raise AcmeProblemError(url, problem)
+            in_a_row = self._count_bad_nonce(True)
+            if in_a_row >= BAD_NONCE_STORM or attempt == MAX_BAD_NONCE_RETRIES:
+                raise AcmeError(f"{escape_text(url, 200)}: {max(in_a_row, attempt + 1)} badNonce "
+                                f"answers in a row, giving up ({problem})")
+            log.debug("%s: badNonce, retrying with a fresh nonce", escape_text(url))
         raise AssertionError("unreachable")
+
+    def _count_bad_nonce(self, rejected: bool) -> int:
+        """Track badNonce answers in a row across the session; returns the run length."""
+        with self._nonce_cond:
+            self._bad_nonce_run = self._bad_nonce_run + 1 if rejected else 0
+            return self._bad_nonce_run
 
     def _check_signer(self, url: str, use_jwk: bool) -> None:
         if not use_jwk and not self.kid:
@@ -547,7 +789,7 @@ class AcmeSession:
         location = response.headers.get("Location")
         if not location:
             raise AcmeError(f"{escape_text(url, 200)}: {response.status_code} without a Location header")
-        self.kid = location
+        self.kid = self.check_url(location, "account Location")
         return Account(url=location, body=body if isinstance(body, dict) else {},
                        created=response.status_code == 201)
 
@@ -577,15 +819,23 @@ class AcmeSession:
 
     # -- orders (RFC 8555 7.4, 7.5) ----------------------------------------------
 
-    def new_order(self, identifiers: list[dict]) -> tuple[str, dict]:
-        """newOrder; returns (order URL, order object)."""
+    def new_order(self, identifiers: list[dict], *, replaces: str | None = None,
+                  profile: str | None = None) -> tuple[str, dict]:
+        """newOrder; returns (order URL, order object).  ``replaces``: the
+        RFC 9773 certificate ID of the certificate this order replaces;
+        ``profile``: a key of the directory's meta.profiles."""
         url = self.resource("newOrder")
         self.lookup_account()
-        response, body = self.post_json(url, {"identifiers": identifiers})
+        payload: dict[str, Any] = {"identifiers": identifiers}
+        if replaces:
+            payload["replaces"] = replaces
+        if profile:
+            payload["profile"] = profile
+        response, body = self.post_json(url, payload)
         location = response.headers.get("Location")
         if not location or not isinstance(body, dict):
             raise AcmeError(f"{escape_text(url, 200)}: {response.status_code} without an order or Location")
-        return location, body
+        return self.check_url(location, "order Location"), body
 
     def respond_challenge(self, url: str) -> dict:
         """Tell the server the challenge is ready (RFC 8555 7.5.1): POST {}."""
@@ -612,7 +862,10 @@ class AcmeSession:
             if status not in ("pending", "ready", "processing", "valid", "invalid"):
                 raise AcmeError(f"{escape_text(url, 200)}: unknown order status {escape_text(status, 40)!r}")
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            wait = retry_after if retry_after is not None else min(wait * POLL_FACTOR, POLL_MAX)
+            # RFC 8555 7.4 / RFC 9110 10.2.3, but never a busy loop: 0 is RETRY_AFTER_MIN;
+            # a wait past the deadline is cut to it by _sleep_before_poll.
+            wait = (max(retry_after, RETRY_AFTER_MIN) if retry_after is not None
+                    else min(wait * POLL_FACTOR, POLL_MAX))
 
     def _sleep_before_poll(self, url: str, wait: float, status: str) -> None:
         left = self._check_time(url)
@@ -629,13 +882,59 @@ class AcmeSession:
 
     def download_certificate(self, url: str) -> str:
         """POST-as-GET the PEM chain (RFC 8555 7.4.2)."""
-        response = self.post(url, None, accept=PEM_CHAIN)
+        response = self.post(url, None, accept=PEM_CHAIN, limit=MAX_CHAIN_BYTES)
         text = response.content.decode("ascii", errors="replace")
         if "-----BEGIN CERTIFICATE-----" not in text:
             ctype = response.headers.get("Content-Type", "")
             raise AcmeError(f"{escape_text(url, 200)}: no PEM certificate chain "
                             f"(Content-Type {escape_text(ctype, 80)})")
         return text
+
+    def download_certificate_chains(self, url: str, max_alternates: int = 4) -> list[str]:
+        """The default PEM chain and its alternates (RFC 8555 7.4.2: ``Link:
+        rel="alternate"`` on the download), default first."""
+        response = self.post(url, None, accept=PEM_CHAIN, limit=MAX_CHAIN_BYTES)
+        chains = [self._pem_chain(response, url)]
+        links = requests.utils.parse_header_links(response.headers.get("Link", "")) \
+            if response.headers.get("Link") else []
+        for link in links:
+            if len(chains) > max_alternates:
+                break
+            if "alternate" not in str(link.get("rel", "")).split():
+                continue
+            alt_url = self.check_url(urllib.parse.urljoin(url, link.get("url", "")), "alternate chain")
+            alt = self.post(alt_url, None, accept=PEM_CHAIN, limit=MAX_CHAIN_BYTES)
+            chains.append(self._pem_chain(alt, alt_url))
+        return chains
+
+    @staticmethod
+    def _pem_chain(response: requests.Response, url: str) -> str:
+        text = response.content.decode("ascii", errors="replace")
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            ctype = response.headers.get("Content-Type", "")
+            raise AcmeError(f"{escape_text(url, 200)}: no PEM certificate chain "
+                            f"(Content-Type {escape_text(ctype, 80)})")
+        return text
+
+    # -- profiles and renewal information (RFC 9773) ----------------------------
+
+    def profiles(self) -> dict | None:
+        """The directory's meta.profiles (name -> description), None if absent."""
+        meta = self.directory().get("meta")
+        profiles = meta.get("profiles") if isinstance(meta, dict) else None
+        return profiles if isinstance(profiles, dict) else None
+
+    def has_renewal_info(self) -> bool:
+        return isinstance(self.directory().get("renewalInfo"), str)
+
+    def renewal_info(self, cert_id: str) -> tuple[Any, float | None]:
+        """GET renewalInfo/CERT-ID (RFC 9773 4.1, unauthenticated); returns the
+        decoded body (validated by the caller) and Retry-After in seconds."""
+        base = self.resource("renewalInfo")
+        url = base.rstrip("/") + "/" + urllib.parse.quote(cert_id, safe="._-")
+        response = self._get(url)
+        body = self._decode(response, url)
+        return body, parse_retry_after(response.headers.get("Retry-After"))
 
     # -- revocation (RFC 8555 7.6) -----------------------------------------------
 

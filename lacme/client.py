@@ -28,7 +28,7 @@ from .errors import AcmeError, LacmeError, ProtocolError, UsageError
 NAME = "lacme-client"
 DEFAULT_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_TIMEOUT = 30.0
-COMMANDS = frozenset({"account", "orders", "revoke"})
+COMMANDS = frozenset({"account", "orders", "revoke", "renewal_info"})
 
 logger = logging.getLogger(NAME)
 
@@ -296,14 +296,91 @@ def serve_order(ctx: Context, entry: Any) -> bool:
     sid = str(entry.get("id", "?")) if isinstance(entry, dict) else "?"
     try:
         identifiers, csr = parse_order(entry)
-        pem = obtain_certificate(ctx, sid, identifiers, csr)
+        options = parse_order_options(entry)
+        pem = obtain_certificate(ctx, sid, identifiers, csr, options)
     except LacmeError as exc:
         return report_failure(ctx, "failed", sid, exc)
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other orders
         logger.debug("[%s] unexpected error", sid, exc_info=True)
         return report_failure(ctx, "failed", sid, LacmeError(f"internal error: {exc!r}"))
-    ctx.link.send("certificate", id=sid, pem=pem)
+    ctx.link.send("certificate", id=sid, pem=pem, **options.report)
     return True
+
+
+@dataclass
+class OrderOptions:
+    """The optional parts of one order; ``report`` goes back with the certificate."""
+
+    replaces: str | None = None  # RFC 9773 certificate ID of the replaced certificate
+    profile: str | None = None
+    alternates: bool = False  # fetch the alternate chains too (preferred-chain)
+    report: dict = field(default_factory=dict)
+
+
+def parse_order_options(entry: dict) -> OrderOptions:
+    replaces, profile = entry.get("replaces"), entry.get("profile")
+    for name, value in (("replaces", replaces), ("profile", profile)):
+        if value is not None and (not isinstance(value, str) or not value.isprintable()
+                                  or len(value) > 512):
+            raise ProtocolError(f"control channel: order {entry['id']}: bad {name}")
+    return OrderOptions(replaces=replaces or None, profile=profile or None,
+                        alternates=entry.get("alternates") is True)
+
+
+def check_profile(session: Any, profile: str) -> None:
+    """The profile is one the CA offers (its directory's meta.profiles)."""
+    offered = session.profiles()
+    if offered is None:
+        raise AcmeError(f"{acme_escape(session.directory_url)}: profile {acme_escape(profile, 64)!r} "
+                        f"requested, but the CA offers no profiles")
+    if profile not in offered:
+        names = ", ".join(sorted(acme_escape(n, 64) for n in offered)) or "none"
+        raise AcmeError(f"{acme_escape(session.directory_url)}: unknown profile "
+                        f"{acme_escape(profile, 64)!r} (the CA offers: {names})")
+
+
+def create_order(ctx: Context, sid: str, identifiers: list[dict],
+                 options: OrderOptions) -> tuple[str, dict]:
+    """newOrder with the options.  An order carrying ``replaces`` that the
+    CA refuses (alreadyReplaced, a server error, anything) is sent once more
+    without it: a renewal must never depend on the CA accepting the hint."""
+    session = ctx.session
+    if options.profile:
+        check_profile(session, options.profile)
+    if not options.replaces:
+        return session.new_order(identifiers, profile=options.profile)
+    from .acme import AcmeProblemError
+
+    try:
+        return session.new_order(identifiers, replaces=options.replaces, profile=options.profile)
+    except AcmeProblemError as exc:
+        logger.warning("[%s] order replacing %s refused (%s); ordering without replaces", sid,
+                       acme_escape(options.replaces, 120), exc, extra={"LACME_SECTION": sid})
+        options.report["replaces_dropped"] = str(exc)
+        return session.new_order(identifiers, profile=options.profile)
+
+
+def serve_renewal_info(ctx: Context, msg: dict) -> bool:
+    """renewalInfo for each certificate ID (RFC 9773 4.1); True if all answered."""
+    certificates = msg.get("certificates")
+    if not isinstance(certificates, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("cert_id"), str)
+            for c in certificates):
+        raise ProtocolError("control channel: renewal_info without certificates")
+    if not ctx.session.has_renewal_info():
+        for entry in certificates:
+            ctx.link.send("renewal_info", id=entry["id"], supported=False)
+        return True
+    ok = True
+    for entry in certificates:
+        try:
+            body, retry_after = ctx.session.renewal_info(entry["cert_id"])
+        except LacmeError as exc:
+            ok = report_failure(ctx, "failed", entry["id"], exc) and ok
+            continue
+        ctx.link.send("renewal_info", id=entry["id"], supported=True, info=body,
+                      retry_after=retry_after)
+    return ok
 
 
 def report_failure(ctx: Context, kind: str, sid: str, exc: BaseException) -> bool:
@@ -332,18 +409,61 @@ def parse_order(entry: Any) -> tuple[list[dict], bytes]:
     return [{"type": i["type"], "value": i["value"]} for i in identifiers], csr
 
 
-def obtain_certificate(ctx: Context, sid: str, identifiers: list[dict], csr: bytes) -> str:
+def request_budget(identifiers: list[dict], seconds: float) -> int:
+    """HTTP requests one order may take: a few per name and badNonce retries,
+    and two rounds of polls backing off to POLL_MAX over ``seconds``."""
+    from .acme import POLL_MAX
+
+    return 60 + 6 * len(identifiers) + 2 * int(max(seconds, 0) / POLL_MAX)
+
+
+def obtain_certificate(ctx: Context, sid: str, identifiers: list[dict], csr: bytes,
+                       options: OrderOptions | None = None) -> str:
+    """RFC 8555 7.4, with a bounded number of requests."""
+    with ctx.session.request_budget(request_budget(identifiers, ctx.session.remaining())):
+        return run_order(ctx, sid, identifiers, csr, options or OrderOptions())
+
+
+def check_order(url: str, order: dict, identifiers: list[dict]) -> list[str]:
+    """The order is for exactly the requested identifiers; its authorization URLs.
+
+    A CA may not add names (we would prove control of them for nothing) nor
+    hand out more authorizations than there are names.
+    """
+    wanted = {(i["type"], i["value"].lower()) for i in identifiers}
+    got = order.get("identifiers")
+    if got is not None:
+        if not isinstance(got, list) or not all(isinstance(i, dict) for i in got):
+            raise AcmeError(f"{acme_escape(url)}: malformed identifiers in the order")
+        names = {(str(i.get("type")), str(i.get("value")).lower()) for i in got}
+        if names != wanted:
+            raise AcmeError(f"{acme_escape(url)}: the order is for "
+                            f"{acme_escape(', '.join(sorted(v for _, v in names)), 200)}, "
+                            f"not the requested identifiers")
+    authorizations = order.get("authorizations") or []
+    if not isinstance(authorizations, list) or not all(isinstance(a, str) for a in authorizations):
+        raise AcmeError(f"{acme_escape(url)}: malformed authorizations in the order")
+    if len(authorizations) > len(wanted):
+        raise AcmeError(f"{acme_escape(url)}: {len(authorizations)} authorizations "
+                        f"for {len(wanted)} identifiers")
+    return authorizations
+
+
+def run_order(ctx: Context, sid: str, identifiers: list[dict], csr: bytes,
+              options: OrderOptions) -> str:
     """RFC 8555 7.4: order, authorize (http-01), finalize, download."""
     session = ctx.session
     extra = {"LACME_SECTION": sid}
-    url, order = session.new_order(identifiers)
+    url, order = create_order(ctx, sid, identifiers, options)
     logger.info("[%s] order created: %s", sid, acme_escape(url), extra=extra)
+    authorizations = check_order(url, order, identifiers)
     status = order_status(order)
     if status == "pending":
         tokens: list[str] = []
         try:
-            for authz_url in order.get("authorizations") or []:
-                authorize(ctx, sid, str(authz_url), tokens)
+            for authz_url in authorizations:
+                authorize(ctx, sid, session.check_url(authz_url, "authorization"), tokens,
+                          identifiers)
             # pending -> ready once every authorization is valid: poll the
             # order, not each authorization (one request per round).
             order = session.poll_order(url, until=("ready", "valid", "invalid", "processing"))
@@ -355,7 +475,7 @@ def obtain_certificate(ctx: Context, sid: str, identifiers: list[dict], csr: byt
         raise AcmeError(explain_invalid(session, url, order))
     logger.info("[%s] authorizations valid", sid, extra=extra)
     if status == "ready":
-        order = session.finalize(str(order.get("finalize")), csr)
+        order = session.finalize(session.check_url(order.get("finalize"), "finalize URL"), csr)
         status = order_status(order)
     if status == "processing":  # the CA is issuing: poll until valid
         order = session.poll_order(url, until=("valid", "invalid"), status="processing")
@@ -366,7 +486,12 @@ def obtain_certificate(ctx: Context, sid: str, identifiers: list[dict], csr: byt
     cert_url = order.get("certificate")
     if not isinstance(cert_url, str) or not cert_url:
         raise AcmeError(f"{acme_escape(url)}: valid order without a certificate URL")
-    pem = session.download_certificate(cert_url)
+    if options.alternates:
+        chains = session.download_certificate_chains(session.check_url(cert_url, "certificate URL"))
+        pem = chains[0]
+        options.report["alternates"] = chains[1:]
+    else:
+        pem = session.download_certificate(session.check_url(cert_url, "certificate URL"))
     logger.info("[%s] certificate issued", sid, extra=extra)
     return pem
 
@@ -376,11 +501,15 @@ def order_status(order: dict) -> str:
     return status if isinstance(status, str) else ""
 
 
-def authorize(ctx: Context, sid: str, authz_url: str, tokens: list[str]) -> None:
+def authorize(ctx: Context, sid: str, authz_url: str, tokens: list[str],
+              identifiers: list[dict]) -> None:
     """One authorization (RFC 8555 7.5): publish its http-01 answer and respond."""
     session = ctx.session
     authz = session.get(authz_url)
     ident = describe_identifier(authz.get("identifier"))
+    if not is_requested(authz.get("identifier"), identifiers):
+        raise AcmeError(f"{acme_escape(authz_url)}: authorization for {ident}, "
+                        f"which was not requested")
     status = authz.get("status")
     if status == "valid":
         return
@@ -396,12 +525,25 @@ def authorize(ctx: Context, sid: str, authz_url: str, tokens: list[str]) -> None
     chall_url = challenge.get("url")
     if not isinstance(chall_url, str) or not chall_url:
         raise AcmeError(f"{acme_escape(authz_url)}: http-01 challenge without a URL")
+    session.check_url(chall_url, "challenge URL")  # before the answer is published
     content = http01.key_authorization(token, ctx.signer.thumbprint)
     ctx.link.publish(token, content, session.remaining())
     tokens.append(token)
     logger.info("[%s] challenge published for %s", sid, ident, extra={"LACME_SECTION": sid})
     if challenge.get("status", "pending") == "pending":
         session.respond_challenge(chall_url)
+
+
+def is_requested(ident: Any, identifiers: list[dict]) -> bool:
+    """An authorization's identifier is one of the order's (a wildcard's base name too)."""
+    if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
+        return False
+    value = ident["value"].lower()
+    for wanted in identifiers:
+        name = wanted["value"].lower()
+        if wanted["type"] == ident.get("type") and value in (name, name.removeprefix("*.")):
+            return True
+    return False
 
 
 def describe_identifier(ident: Any) -> str:
@@ -417,9 +559,10 @@ def explain_invalid(session: Any, url: str, order: dict) -> str:
     reasons = []
     if isinstance(order.get("error"), dict):
         reasons.append(str(Problem.from_json(order["error"])))
-    for authz_url in order.get("authorizations") or []:
+    authorizations = order.get("authorizations")
+    for authz_url in authorizations[:10] if isinstance(authorizations, list) else []:
         try:
-            authz = session.get(str(authz_url))
+            authz = session.get(session.check_url(authz_url, "authorization"))
         except AcmeError:  # the order's own status is reason enough
             continue
         if authz.get("status") == "valid":
@@ -458,7 +601,8 @@ def serve_revoke(ctx: Context, msg: dict) -> bool:
     return ok
 
 
-HANDLERS = {"account": serve_account, "orders": serve_orders, "revoke": serve_revoke}
+HANDLERS = {"account": serve_account, "orders": serve_orders, "revoke": serve_revoke,
+            "renewal_info": serve_renewal_info}
 
 
 # ---------------------------------------------------------------------------
@@ -599,6 +743,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         logger.error("interrupted")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - whatever the CA sent: one line, no traceback
+        logger.error("internal error: %s", acme_escape(repr(exc)), exc_info=args.debug)
         return 1
 
 

@@ -10,10 +10,17 @@ existing challenge directory) and optional temporary iptables rules.
 
 Everything it starts or creates is undone on exit, including on errors and
 SIGINT/SIGTERM (turned into KeyboardInterrupt so that the same cleanup runs).
+Children it spawns get SIGTERM when the master dies, even by SIGKILL
+(PR_SET_PDEATHSIG), so that no webserver keeps a port from the next run.
+Runs of one configuration are serialized by flock(2) on its file; the
+kernel drops the lock of a killed run.  A spawned accountd is told the CA's
+origin (``LACME_ACCOUNTD_ORIGIN``) and signs for nothing else.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -30,6 +37,7 @@ from . import control
 from .challenges import ChallengeDirectory
 from .config import AccountdSettings, ListenAddress, MasterConfig
 from .errors import LacmeError, ProtocolError
+from .wire import normalize_origin
 from .jws import b64u_encode
 from .privs import Credentials, clean_environment, drop_privileges, resolve
 from .specifiers import Identity, expand
@@ -66,6 +74,59 @@ def resolve_command(command: Sequence[str]) -> list[str]:
     return [head, *rest]
 
 
+ACCOUNTD_ORIGIN_VARIABLE = "LACME_ACCOUNTD_ORIGIN"  # read by lacme.accountd
+LOCK_POLL = 0.1
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before fork, used in the child
+
+
+def lock_run(path: str, wait: float) -> int:
+    """flock(2) the configuration file: one run per configuration at a time.
+
+    A second run waits (up to ``wait`` seconds) instead of interleaving its
+    challenges and installs with the first.  Returns the descriptor to close.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LacmeError(f"{path}: cannot open to lock: {exc.strerror}") from None
+    deadline = time.monotonic() + wait
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            os.close(fd)
+            raise LacmeError(f"{path}: cannot lock: {exc.strerror}") from None
+        if not waiting:
+            log.info("%s: another lacme run is in progress, waiting for it", path)
+            waiting = True
+        if time.monotonic() > deadline:
+            os.close(fd)
+            raise LacmeError(f"{path}: another lacme run still holds the lock after {wait:.0f} s")
+        time.sleep(LOCK_POLL)
+
+
+def die_with_master(master: int) -> None:
+    """In a spawned child, after the privilege drop (which clears it): SIGTERM
+    when the master dies; exit now if it already has."""
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != master:
+        os._exit(1)
+
+
+def accountd_origin(server: str) -> dict[str, str]:
+    """The environment that pins a spawned accountd to the CA's origin."""
+    try:
+        return {ACCOUNTD_ORIGIN_VARIABLE: normalize_origin(server)}
+    except ValueError:  # not https: the client refuses it anyway
+        return {}
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like SIGINT so the same cleanup runs."""
 
@@ -91,6 +152,8 @@ class ClientSession:
     def __enter__(self) -> "ClientSession":
         try:
             self._install_signal_handlers()
+            lock = lock_run(self.cfg.path, self.cfg.client.timeout * 2 + 60)
+            self.stack.callback(os.close, lock)
             if self.with_challenges:
                 self._setup_challenges()
             accountd = self._open_accountd()
@@ -144,6 +207,7 @@ class ClientSession:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         creds = resolve(settings.user, settings.group, where="[accountd]")
         debug = self.debug
+        master = os.getpid()
 
         def argv() -> list[str]:
             # %-specifiers of [accountd] expand after the privilege drop.
@@ -162,10 +226,12 @@ class ClientSession:
 
         def child() -> None:
             drop_privileges(creds)
+            die_with_master(master)
             os.chdir("/")
 
         pid = spawn(argv, stdin=theirs.fileno(), stdout=theirs.fileno(),
-                    env=clean_environment(creds), before_exec=child)
+                    env=clean_environment(creds, accountd_origin(self.cfg.client.server)),
+                    before_exec=child)
         theirs.close()
         log.debug("spawned lacme-accountd, pid %d", pid)
         self._reap_later(pid, "lacme-accountd", grace=5.0)
@@ -187,9 +253,11 @@ class ClientSession:
             sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             creds = resolve(c.user, c.group, where="[client]")
             argv = resolve_command(c.command) + (["--debug"] if self.debug else [])
+            master = os.getpid()
 
             def child() -> None:
                 drop_privileges(creds)
+                die_with_master(master)
                 os.chdir("/")
                 os.umask(0o077)
 
@@ -223,9 +291,11 @@ class ClientSession:
         argv = resolve_command(w.command) + [f"--challenge-directory={self.challenges.path}"]
         if self.debug:
             argv.append("--debug")
+        master = os.getpid()
 
         def child() -> None:
             drop_privileges(creds)
+            die_with_master(master)
             os.chdir("/")
 
         # The webservers say when they serve with the sd_notify protocol
@@ -283,15 +353,22 @@ class ClientSession:
 
     def order(
         self,
-        orders: Iterable[tuple[str, Sequence[str], bytes]],
-        on_certificate: Callable[[str, str], str | None],
+        orders: Iterable[tuple[str, Sequence[str | tuple[str, str]], bytes]],
+        on_certificate: Callable[..., str | None],
+        options: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, bool | str]:
         """Send every order at once; call ``on_certificate(id, pem)`` as
-        chains arrive (it returns None, or why the chain was refused)."""
+        chains arrive (it returns None, or why the chain was refused), with
+        ``alternates=[pem, ...]`` when the client sent alternate chains.
+
+        A name is a DNS name or a (type, value) identifier (RFC 8738 "ip");
+        ``options`` maps an id to extra order fields (replaces, profile,
+        alternates: see lacme.control)."""
         assert self.channel is not None and self.challenges is not None
         payload = [
-            {"id": sid, "identifiers": [{"type": "dns", "value": n} for n in names],
-             "csr": b64u_encode(csr)}
+            {"id": sid, "identifiers": [{"type": n[0], "value": n[1]} if isinstance(n, tuple)
+                                        else {"type": "dns", "value": n} for n in names],
+             "csr": b64u_encode(csr), **(options or {}).get(sid, {})}
             for sid, names, csr in orders
         ]
         results: dict[str, bool | str] = {o["id"]: "no answer from the ACME client" for o in payload}
@@ -303,8 +380,30 @@ class ClientSession:
             elif kind == "unpublish":
                 self.challenges.unpublish(str(msg.get("token", "")))
             elif kind == "certificate" and msg.get("id") in results:
-                refused = on_certificate(msg["id"], str(msg.get("pem", "")))
+                pem = str(msg.get("pem", ""))
+                alternates = [a for a in msg.get("alternates") or [] if isinstance(a, str)]
+                refused = (on_certificate(msg["id"], pem, alternates=alternates) if alternates
+                           else on_certificate(msg["id"], pem))
                 results[msg["id"]] = True if refused is None else refused
+            elif kind == "failed" and msg.get("id") in results:
+                results[msg["id"]] = str(msg.get("message", "failed"))
+            elif kind == "error":  # the whole command failed: one line says why
+                raise LacmeError(str(msg.get("message", "the ACME client failed")))
+            elif kind == "done":
+                break
+        return results
+
+    def renewal_info(self, certificates: Sequence[tuple[str, str]]) -> dict[str, dict | str]:
+        """renewalInfo (RFC 9773) for each (id, certificate ID): the client's
+        ``renewal_info`` message per id, or why it failed."""
+        assert self.channel is not None
+        payload = [{"id": sid, "cert_id": cert_id} for sid, cert_id in certificates]
+        results: dict[str, dict | str] = {c["id"]: "no answer from the ACME client" for c in payload}
+        self.channel.send(control.encode_message("renewal_info", certificates=payload))
+        for msg in self._messages():
+            kind = msg["type"]
+            if kind == "renewal_info" and msg.get("id") in results:
+                results[msg["id"]] = msg
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
             elif kind == "error":  # the whole command failed: one line says why
@@ -352,11 +451,28 @@ class ClientSession:
             except socket.timeout:
                 raise LacmeError("the ACME client stopped answering") from None
             if line is None:
-                raise LacmeError("the ACME client ended unexpectedly")
+                raise LacmeError("the ACME client ended unexpectedly" + self._client_status())
             try:
                 yield control.decode_message(line, control.CLIENT_TYPES)
             except ProtocolError as exc:
                 raise LacmeError(f"the ACME client: {exc}") from None
+
+
+    def _client_status(self) -> str:
+        """How the spawned client ended, e.g. " (killed by signal 9)", if it has."""
+        if self.client_pid is None:
+            return ""
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                done, status = os.waitpid(self.client_pid, os.WNOHANG)
+            except ChildProcessError:
+                return ""
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+                return f" (killed by signal {-code})" if code < 0 else f" (exit status {code})"
+            time.sleep(0.01)
+        return ""
 
 
 def _wait_ready(sock: socket.socket, children: dict[int, ListenAddress],

@@ -62,7 +62,7 @@ def public_key_of(path: Path):
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT)
-    for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"):
+    for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM", "LACME_ACCOUNTD_ORIGIN"):
         e.pop(k, None)
     return e
 
@@ -89,9 +89,9 @@ def raw_line(h: bytes, payload: bytes = b"") -> bytes:
 class Stdio:
     """An accountd (ours or Debian's) serving one connection on its stdin/stdout."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env(), cwd=ROOT)
+                                     env={**env(), **(extra_env or {})}, cwd=ROOT)
         self.first = self.proc.stdout.readline()
         self.jwk_line = self.proc.stdout.readline()
 
@@ -267,6 +267,18 @@ def test_refusal_closes_connection_and_is_logged(keydir, tmp_path, make_line, re
     assert logged.count("SIGNED") == 1 and "warning: " in logged and reason in logged
 
 
+def test_origin_from_environment_pins_unless_option_given(keydir, tmp_path):
+    conf = write_config(tmp_path / "a.conf", privkey=f"file:{keydir / 'RS256.pem'}")
+    foreign = line_for(header(url="https://evil.example/x", kid=KID))
+    pinned = Stdio([*ACCOUNTD, "--stdio", f"--config={conf}"], {"LACME_ACCOUNTD_ORIGIN": ORIGIN})
+    assert pinned.request(line_for(header(kid=KID))) and pinned.request(foreign) == b""
+    pinned.finish()
+    overridden = Stdio([*ACCOUNTD, "--stdio", f"--config={conf}", "--origin=https://evil.example"],
+                       {"LACME_ACCOUNTD_ORIGIN": ORIGIN})
+    assert overridden.request(foreign)
+    overridden.finish()
+
+
 def test_quiet_hides_signatures_from_stderr_not_from_logfile(keydir, tmp_path):
     log = tmp_path / "accountd.log"
     conf = write_config(tmp_path / "a.conf", privkey=f"file:{keydir / 'RS256.pem'}", logfile=str(log), quiet="Yes")
@@ -287,6 +299,17 @@ def test_control_characters_escaped_in_log(keydir, tmp_path):
     signed = [e for e in err.splitlines() if "SIGNED" in e]
     assert rc == 0 and len(signed) == 1
     assert '{\\x0a"a":\\x091\\x0d}' in signed[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stdio_stop_signal_exits_cleanly(keydir, tmp_path, signum):
+    conf = write_config(tmp_path / "a.conf", privkey=f"file:{keydir / 'ES256.pem'}")
+    d = ours(f"--config={conf}")
+    assert d.greeting().alg == "ES256"
+    d.proc.send_signal(signum)  # while it waits for a request
+    assert d.proc.wait(TIMEOUT) == 0
+    rc, err = d.finish()
+    assert rc == 0 and "Traceback" not in err and "Fatal" not in err
 
 
 # --- start-up errors --------------------------------------------------------
