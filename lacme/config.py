@@ -337,13 +337,14 @@ class MasterConfig:
     client: ClientSettings
     webserver: WebserverSettings
     accountd: AccountdSettings | None
+    state_directory: str | None = None  # None: lacme.state.default_directory()
 
 
 CLIENT_SETTINGS = ("socket", "user", "group", "command", "connect", "server", "timeout",
                    "SSL_verify", "SSL_version", "SSL_cipher_list", "SSL_ca_file")
 WEBSERVER_SETTINGS = ("listen", "challenge-directory", "user", "group", "command", "iptables")
 ACCOUNTD_SECTION_SETTINGS = ("user", "group", "command", "config", "privkey", "quiet")
-MASTER_DEFAULT_SETTINGS = ("config-certs",)
+MASTER_DEFAULT_SETTINGS = ("config-certs", "state-directory")
 
 
 def parse_command(value: str, loc: str) -> tuple[str, ...]:
@@ -462,6 +463,9 @@ def validate_master(ini: Ini, ident: Identity, socket_override: str | None) -> M
                                socket_override),
         webserver=validate_webserver(ini.sections.get("webserver", empty), ini.source, ident),
         accountd=None if socket_override is not None else settings,
+        state_directory=expand_specifiers(ini.defaults["state-directory"], ident,
+                                          where(ini.source, None, "state-directory"))
+        if ini.defaults.get("state-directory") else None,
     )
 
 
@@ -511,7 +515,7 @@ TLS_FEATURES = ("status_request", "status_request_v2")
 HASHES = ("sha256", "sha384", "sha512")
 CERT_SETTINGS = ("certificate", "certificate-chain", "certificate-key", "min-days", "subject",
                  "subjectAltName", "CAfile", "hash", "keyUsage", "tlsfeature", "chown", "chmod",
-                 "notify")
+                 "notify", "profile", "preferred-chain")
 CERT_ALIASES: Mapping[str, str] = MappingProxyType({"owner": "chown", "mode": "chmod"})
 
 
@@ -534,6 +538,14 @@ class CertSection:
     chown: str | None = None
     chmod: int | None = None
     notify: str | None = None
+    ip_addresses: tuple[str, ...] = ()  # RFC 8738 identifiers, canonical text form
+    profile: str | None = None  # sent in newOrder; checked against meta.profiles
+    preferred_chain: str | None = None  # issuer name of the preferred alternate chain
+
+    @property
+    def identifiers(self) -> tuple[tuple[str, str], ...]:
+        """What newOrder asks for: ("dns", name) for ``names``, then ("ip", address)."""
+        return tuple([("dns", n) for n in self.names] + [("ip", a) for a in self.ip_addresses])
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -607,16 +619,44 @@ def split_list(value: str) -> list[str]:
 
 
 def parse_subject_alt_names(value: str, loc: str) -> tuple[str, ...]:
+    """The DNS:name entries (IP: entries are read by ``parse_ip_addresses``)."""
     out = []
     for item in split_list(value):
         kind, sep, name = item.partition(":")
+        if sep and kind == "IP":
+            continue
         if not sep or kind != "DNS":
-            raise ConfigError(f'{loc}: only DNS:name is supported: "{item}"')
+            raise ConfigError(f'{loc}: only DNS:name and IP:address are supported: "{item}"')
         name = name.strip()
         if not is_domain(name):
             raise ConfigError(f'{loc}: not a domain name: "{name}"')
         out.append(name)
     return tuple(out)
+
+
+def parse_ip_addresses(value: str, loc: str) -> tuple[str, ...]:
+    """The IP:address entries (RFC 8738), in canonical text form, duplicates removed."""
+    out = []
+    for item in split_list(value):
+        kind, sep, text = item.partition(":")
+        if kind != "IP" or not sep:
+            continue
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            raise ConfigError(f'{loc}: not an IP address: "{text.strip()}"') from None
+        out.append(str(address))
+    return tuple(dict.fromkeys(out))
+
+
+_PROFILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def parse_profile(value: str, loc: str) -> str:
+    """A profile name (the keys of the directory's meta.profiles)."""
+    if not _PROFILE.fullmatch(value):
+        raise ConfigError(f'{loc}: not a profile name: "{value}"')
+    return value
 
 
 def parse_choices(value: str, choices: Sequence[str], loc: str) -> tuple[str, ...]:
@@ -754,9 +794,12 @@ def validate_cert_section(name: str, source: str, s: Mapping[str, Setting]) -> C
         chown=parse_owner(chown, loc("chown")) if chown else None,
         chmod=parse_mode(chmod, loc("chmod")) if chmod else None,
         notify=get("notify"),
+        ip_addresses=parse_ip_addresses(sans, loc("subjectAltName")) if sans else (),
+        profile=parse_profile(get("profile") or "", loc("profile")) if get("profile") else None,
+        preferred_chain=get("preferred-chain"),
     )
-    if not section.names:
-        raise ConfigError(f"{loc('subject')}: no domain name to order "
+    if not section.identifiers:
+        raise ConfigError(f"{loc('subject')}: no domain name or IP address to order "
                           "(the CN is not a domain and there is no subjectAltName)")
     return section
 

@@ -8,7 +8,11 @@ master (``hello``) carries the accountd connection as SCM_RIGHTS.
 Master -> client
     hello    {"version": 1, "settings": {...[client] settings...}, "debug": bool}
     account  {"register", "tos_agreed", "deactivate": bool, "contact": [str] | null}
-    orders   {"orders": [{"id": str, "identifiers": [{"type", "value"}], "csr": b64url(DER)}]}
+    orders   {"orders": [{"id": str, "identifiers": [{"type", "value"}], "csr": b64url(DER),
+                          "replaces": str?, "profile": str?, "alternates": bool?}]}
+             replaces: RFC 9773 certificate ID (the order is retried once without
+             it when refused); alternates: send the alternate chains too
+    renewal_info {"certificates": [{"id": str, "cert_id": str}]}   RFC 9773 4.1
     revoke   {"certificates": [{"id": str, "der": b64url(DER), "jwk_thumbprint": str}],
               "reason": int | null}
     published {"token": str, "ok": bool, "message": str}   (answer to publish)
@@ -17,7 +21,10 @@ Client -> master
     publish    {"token": str, "content": str}   master writes the challenge file
     unpublish  {"token": str}                   master removes it
     account    {"account": {...}, "location": str}
-    certificate {"id": str, "pem": str}
+    certificate {"id": str, "pem": str, "alternates": [str]?, "replaces_dropped": str?}
+    renewal_info {"id": str, "supported": bool, "info": {...}?, "retry_after": float?}
+                                                the raw renewalInfo object, validated by
+                                                the master (lacme.ari)
     revoked    {"id": str}
     failed     {"id": str, "message": str}      one order or revocation failed
     error      {"message": str}                 the whole command failed
@@ -34,9 +41,10 @@ from .errors import ProtocolError
 VERSION = 1
 MAX_LINE = 1 << 20  # a certificate chain fits many times over
 
-MASTER_TYPES = frozenset({"hello", "account", "orders", "revoke", "published"})
+MASTER_TYPES = frozenset({"hello", "account", "orders", "revoke", "renewal_info", "published"})
 CLIENT_TYPES = frozenset(
-    {"publish", "unpublish", "account", "certificate", "revoked", "failed", "error", "done"}
+    {"publish", "unpublish", "account", "certificate", "revoked", "renewal_info", "failed",
+     "error", "done"}
 )
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -26,13 +28,16 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import DNSName, PolicyBuilder, Store, VerificationError
+from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, \
+    VerificationError
 
 from .errors import CertificateError, ConfigError, LacmeError
 
 DEFAULT_CAFILE = "/usr/share/lacme/ca-certificates.crt"
 SYSTEM_CAFILE = "/etc/ssl/certs/ca-certificates.crt"
 MAX_CHAIN = 10
+
+log = logging.getLogger("lacme")
 
 # Subject attribute types, by their OpenSSL short and long names.
 SUBJECT_TYPES: dict[str, x509.ObjectIdentifier] = {
@@ -156,14 +161,20 @@ def build_name(subject: Sequence[tuple[str, str]]) -> x509.Name:
     return x509.Name(attributes)
 
 
-def build_san(names: Sequence[str]) -> x509.SubjectAlternativeName:
-    """subjectAltName of DNS names (A-labels: IDNs must come encoded)."""
-    if not names:
-        raise ValueError("subjectAltName: no DNS name to request")
+def build_san(names: Sequence[str], ip_addresses: Sequence[str] = ()) -> x509.SubjectAlternativeName:
+    """subjectAltName of DNS names (A-labels: IDNs must come encoded) and IP
+    addresses (RFC 8738)."""
+    if not names and not ip_addresses:
+        raise ValueError("subjectAltName: no DNS name or IP address to request")
     for name in names:
         if not name.isascii():
             raise ValueError(f"subjectAltName: {name}: not ASCII (use the xn-- form)")
-    return x509.SubjectAlternativeName([x509.DNSName(n) for n in names])
+    entries: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    try:
+        entries += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    except ValueError as e:
+        raise ValueError(f"subjectAltName: {e}") from None
+    return x509.SubjectAlternativeName(entries)
 
 
 def build_key_usage(names: Sequence[str]) -> x509.KeyUsage:
@@ -192,7 +203,7 @@ def build_tls_feature(names: Sequence[str]) -> x509.TLSFeature:
 
 def build_csr(key: PrivateKey, subject: Sequence[tuple[str, str]], names: Sequence[str], *,
               key_usage: Sequence[str] = (), tlsfeature: Sequence[str] = (),
-              hash_name: str | None = None) -> bytes:
+              hash_name: str | None = None, ip_addresses: Sequence[str] = ()) -> bytes:
     """DER PKCS#10 request for ``key`` and every name of ``requested_names``.
 
     Every name, the CN included when it is a host name, goes into
@@ -201,19 +212,19 @@ def build_csr(key: PrivateKey, subject: Sequence[tuple[str, str]], names: Sequen
     setting name, for unknown types or unusable values.
     """
     try:
-        return sign_csr(key, subject, names, key_usage, tlsfeature, hash_name)
+        return sign_csr(key, subject, names, key_usage, tlsfeature, hash_name, ip_addresses)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
 
 def sign_csr(key: PrivateKey, subject: Sequence[tuple[str, str]], names: Sequence[str],
              key_usage: Sequence[str], tlsfeature: Sequence[str],
-             hash_name: str | None) -> bytes:
+             hash_name: str | None, ip_addresses: Sequence[str] = ()) -> bytes:
     """build_csr proper; ValueError on bad input."""
     hash_class = HASHES.get((hash_name or "sha256").lower())
     if hash_class is None:
         raise ValueError(f"hash: unsupported digest {hash_name!r} (sha256, sha384, sha512)")
-    san = build_san(requested_names(subject, names))
+    san = build_san(requested_names(subject, names), ip_addresses)
     name = build_name(subject)
     builder = x509.CertificateSigningRequestBuilder().subject_name(name)
     # RFC 5280 4.2.1.6: with an empty subject, subjectAltName is critical.
@@ -329,17 +340,19 @@ def check_key(leaf: x509.Certificate, csr_der: bytes) -> None:
         raise CertificateError("issued certificate: public key differs from the CSR's")
 
 
-def check_names(leaf: x509.Certificate, names: Sequence[str]) -> None:
-    """subjectAltName holds exactly the requested DNS names, nothing else."""
+def check_names(leaf: x509.Certificate, names: Sequence[str],
+                ip_addresses: Sequence[str] = ()) -> None:
+    """subjectAltName holds exactly the requested DNS names and IP addresses."""
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise CertificateError("issued certificate: no subjectAltName") from None
-    others = [str(n.value) for n in san if not isinstance(n, x509.DNSName)]
+    others = [str(n.value) for n in san if not isinstance(n, (x509.DNSName, x509.IPAddress))]
     if others:
-        raise CertificateError(f"issued certificate: unrequested non-DNS names {', '.join(others)}")
+        raise CertificateError(f"issued certificate: unrequested names {', '.join(others)}")
     got = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
-    wanted = {n.lower() for n in names}
+    got |= {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    wanted = {n.lower() for n in names} | {str(ipaddress.ip_address(a)) for a in ip_addresses}
     if missing := sorted(wanted - got):
         raise CertificateError(f"issued certificate: missing names {', '.join(missing)}")
     if extra := sorted(got - wanted):
@@ -362,13 +375,15 @@ def verification_name(name: str) -> str:
 
 
 def verify_chain(chain: Sequence[x509.Certificate], names: Sequence[str], cafile: str,
-                 now: datetime) -> None:
+                 now: datetime, ip_addresses: Sequence[str] = ()) -> None:
     """A path from the leaf through chain[1:] to a root of ``cafile``, for every name."""
     store = Store(load_roots(cafile))
     builder = PolicyBuilder().store(store).time(now).max_chain_depth(MAX_CHAIN)
-    for name in names:
+    subjects = [(n, DNSName(verification_name(n))) for n in names]
+    subjects += [(a, IPAddress(ipaddress.ip_address(a))) for a in ip_addresses]
+    for name, subject in subjects:
         try:
-            verifier = builder.build_server_verifier(DNSName(verification_name(name)))
+            verifier = builder.build_server_verifier(subject)
             verifier.verify(chain[0], list(chain[1:]))
         except (VerificationError, ValueError) as e:
             raise CertificateError(
@@ -376,7 +391,8 @@ def verify_chain(chain: Sequence[x509.Certificate], names: Sequence[str], cafile
 
 
 def check_issued(chain: Sequence[x509.Certificate], csr_der: bytes, names: Sequence[str],
-                 cafile: str | None, *, now: datetime | None = None) -> None:
+                 cafile: str | None, *, now: datetime | None = None,
+                 ip_addresses: Sequence[str] = ()) -> None:
     """Refuse an issued chain that does not answer the request.
 
     Checks, in order: the key is the CSR's, subjectAltName holds exactly
@@ -390,11 +406,43 @@ def check_issued(chain: Sequence[x509.Certificate], csr_der: bytes, names: Seque
         raise CertificateError(f"issued chain: more than {MAX_CHAIN} certificates")
     now = now or datetime.now(timezone.utc)
     check_key(chain[0], csr_der)
-    check_names(chain[0], names)
+    check_names(chain[0], names, ip_addresses)
     check_validity(chain[0], now)
     if cafile == "":
         return
-    verify_chain(chain, names, cafile or default_cafile(), now)
+    verify_chain(chain, names, cafile or default_cafile(), now, ip_addresses)
+
+
+def issuer_common_names(chain: Sequence[x509.Certificate]) -> list[str]:
+    """The issuers' common names along the chain, the topmost issuer first."""
+    names = []
+    for cert in reversed(chain):
+        attrs = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if attrs:
+            names.append(str(attrs[-1].value))
+    return names
+
+
+def select_chain(chains: Sequence[bytes], preferred: str | None) -> int:
+    """Index of the chain to install among the default (0) and the alternates
+    (RFC 8555 7.4.2, ``Link: rel="alternate"``): the first whose topmost
+    issuer's common name is ``preferred``, else the first with that issuer
+    anywhere, else the default.  Unparsable alternates are skipped."""
+    if not preferred or len(chains) < 2:
+        return 0
+    parsed: list[tuple[int, list[str]]] = []
+    for index, pem in enumerate(chains):
+        try:
+            parsed.append((index, issuer_common_names(parse_chain(pem))))
+        except CertificateError:
+            continue
+    for index, issuers in parsed:
+        if issuers and issuers[0] == preferred:
+            return index
+    for index, issuers in parsed:
+        if preferred in issuers:
+            return index
+    return 0
 
 # -- RFC 7638 thumbprint of a certificate's key ---------------------------
 

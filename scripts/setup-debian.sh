@@ -5,8 +5,14 @@
 # the original Perl lacme for compatibility tests, systemd-nspawn, the
 # build dependencies of systemd-python), then installs this project in
 # editable mode with its test extras for the python3 found on PATH.
-# Idempotent: apt is skipped when every package is already installed, and
-# pip reinstalls the same editable project.  Exits non-zero on any failure.
+# Also fetches Debian unstable's pebble (2.10: ACME Renewal Information,
+# profiles) into /opt/lacme-pebble-sid (override: LACME_PEBBLE_SID_DIR),
+# without touching the system's apt configuration: a private source list,
+# list and cache directories are passed to apt-get, and the package is
+# unpacked with dpkg -x, not installed.
+# Idempotent: apt is skipped when every package is already installed, the
+# unstable pebble when it is already unpacked, and pip reinstalls the same
+# editable project.  Exits non-zero on any failure.
 set -euo pipefail
 
 PACKAGES=(
@@ -45,6 +51,55 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 }
 
+SID_DIR=${LACME_PEBBLE_SID_DIR:-/opt/lacme-pebble-sid}
+
+# apt-get with a private configuration for Debian unstable: nothing under
+# /etc/apt or /var/lib/apt is read for sources nor written.
+apt_sid() {
+    local work=$1
+    shift
+    apt-get -q -o Dir::Etc::sourcelist="$work/sid.list" -o Dir::Etc::sourceparts=- \
+        -o Dir::State::Lists="$work/lists" -o Dir::Cache="$work/cache" \
+        -o Dir::Cache::archives="$work/archives" -o APT::Get::List-Cleanup=0 \
+        -o Debug::NoLocking=1 -o APT::Sandbox::User=root "$@"
+}
+
+# The mirror of the system's sources (deb822 or one-line format).
+debian_mirror() {
+    local uri
+    uri=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | grep -v -- -security | head -n1)
+    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+        uri=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
+            /etc/apt/sources.list)
+    fi
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+fetch_pebble_sid() {
+    local work deb
+    if [ -x "$SID_DIR/usr/bin/pebble" ] && [ -x "$SID_DIR/usr/bin/pebble-challtestsrv" ]; then
+        echo "setup-debian.sh: unstable pebble already in $SID_DIR ($(cat "$SID_DIR/VERSION" 2>/dev/null))"
+        return
+    fi
+    work=$(mktemp -d)
+    mkdir -p "$work/lists/partial" "$work/cache" "$work/archives/partial" "$work/deb"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(debian_mirror) sid main" \
+        >"$work/sid.list"
+    apt_sid "$work" update >/dev/null || { rm -rf "$work"; die "apt-get update (private, sid) failed"; }
+    (cd "$work/deb" && apt_sid "$work" download pebble >/dev/null) \
+        || { rm -rf "$work"; die "apt-get download pebble (sid) failed"; }
+    deb=$(ls "$work"/deb/pebble_*.deb)
+    rm -rf "$SID_DIR.new"
+    mkdir -p "$SID_DIR.new"
+    dpkg -x "$deb" "$SID_DIR.new"
+    dpkg-deb -f "$deb" Version >"$SID_DIR.new/VERSION"
+    rm -rf "$SID_DIR"
+    mv "$SID_DIR.new" "$SID_DIR"
+    rm -rf "$work"
+    echo "setup-debian.sh: unstable pebble $(cat "$SID_DIR/VERSION") unpacked into $SID_DIR"
+}
+
 # PEP 668: outside a virtual environment, a Python whose stdlib directory
 # holds EXTERNALLY-MANAGED makes pip refuse to install unless told to.
 pip_needs_override() {
@@ -70,6 +125,7 @@ main() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get install)"
     command -v apt-get >/dev/null || die "apt-get not found: this script is for Debian"
     install_packages
+    fetch_pebble_sid
     install_project "$root"
     python3 -c 'import lacme, systemd.journal, cryptography, requests, pytest, hypothesis' \
         || die "python3: the project or a dependency does not import after installation"

@@ -47,6 +47,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 PEBBLE = "/usr/bin/pebble"
+# Debian unstable's pebble 2.10 (ARI, profiles, retryAfter), unpacked by
+# scripts/setup-debian.sh; LACME_PEBBLE_SID overrides the path.
+PEBBLE_SID = os.environ.get("LACME_PEBBLE_SID", "/opt/lacme-pebble-sid/usr/bin/pebble")
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
 DEFAULT_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
 START_TIMEOUT = 15.0
@@ -307,6 +310,22 @@ class Pebble:
         body = self.get_management(f"/cert-status-by-serial/{serial:x}")
         return json.loads(body)["Status"]
 
+    def set_renewal_info(self, cert_pem: bytes, answer: str) -> None:
+        """Pebble 2.10: answer ``answer`` (any text) to renewalInfo for that certificate."""
+        body = json.dumps({"Certificate": cert_pem.decode("ascii"), "ARIResponse": answer}).encode()
+        url = self.management_url + "/set-renewal-info/"
+        request = urllib.request.Request(url, data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, context=self.ssl_context(), timeout=10):
+                pass
+        except (urllib.error.URLError, OSError) as exc:
+            raise PebbleError(f"{url}: {exc}") from exc
+
+    def log_text(self, offset: int = 0) -> str:
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
     def pause(self) -> None:
         """SIGSTOP Pebble: connections are accepted by the kernel but never answered."""
         self._process.send_signal(signal.SIGSTOP)
@@ -320,8 +339,8 @@ class Pebble:
 
 
 def write_config(workdir: Path, cert: Path, key: Path, port: int, mgmt_port: int,
-                 http_port: int) -> Path:
-    config = {"pebble": {
+                 http_port: int, extra: Mapping[str, object] | None = None) -> Path:
+    config: dict = {"pebble": {
         "listenAddress": f"127.0.0.1:{port}",
         "managementListenAddress": f"127.0.0.1:{mgmt_port}",
         "certificate": os.fspath(cert),
@@ -331,6 +350,7 @@ def write_config(workdir: Path, cert: Path, key: Path, port: int, mgmt_port: int
         "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
     }}
+    config["pebble"].update(extra or {})
     path = workdir / "pebble-config.json"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -354,11 +374,12 @@ def wait_for_directory(url: str, ca_file: Path, process: subprocess.Popen, log_p
 
 
 def launch_pebble(workdir: Path, env: Mapping[str, str], http_port: int,
-                  dns_port: int, cert: Path, key: Path, ca: Path) -> tuple[subprocess.Popen, int, int]:
+                  dns_port: int, cert: Path, key: Path, ca: Path, binary: str | None = None,
+                  extra: Mapping[str, object] | None = None) -> tuple[subprocess.Popen, int, int]:
     port, mgmt_port = free_port(), free_port()
-    config = write_config(workdir, cert, key, port, mgmt_port, http_port)
+    config = write_config(workdir, cert, key, port, mgmt_port, http_port, extra)
     log_path = workdir / "pebble.log"
-    argv = [PEBBLE, "-config", os.fspath(config), "-dnsserver", f"127.0.0.1:{dns_port}", "-strict"]
+    argv = [binary or PEBBLE, "-config", os.fspath(config), "-dnsserver", f"127.0.0.1:{dns_port}", "-strict"]
     process = spawn_logged(argv, build_env(env), log_path)
     try:
         wait_for_directory(f"https://127.0.0.1:{port}/dir", ca, process, log_path)
@@ -369,12 +390,17 @@ def launch_pebble(workdir: Path, env: Mapping[str, str], http_port: int,
 
 
 def start_pebble(workdir: Path, *, env: Mapping[str, str] = {},
-                 http_port: int | None = None) -> Pebble:
+                 http_port: int | None = None, binary: str | None = None,
+                 config: Mapping[str, object] | None = None) -> Pebble:
     """Start challtestsrv and Pebble under ``workdir``; return once /dir answers.
 
     ``env`` adds or overrides PEBBLE_* knobs (see the module docstring).
     ``http_port`` is where the VA fetches http-01 answers (a free port
-    by default).  A start that loses a port race is retried.
+    by default).  ``binary`` is the pebble to run (default ``PEBBLE``;
+    ``PEBBLE_SID`` for 2.10)
+    and ``config`` is merged into its ``pebble`` configuration object (e.g.
+    ``{"profiles": {"default": {"validityPeriod": 120}}, "retryAfter":
+    {...}}`` for 2.10).  A start that loses a port race is retried.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -389,7 +415,8 @@ def start_pebble(workdir: Path, *, env: Mapping[str, str] = {},
             error = exc
             continue
         try:
-            process, port, mgmt_port = launch_pebble(workdir, env, http_port, dns_port, cert, key, ca)
+            process, port, mgmt_port = launch_pebble(workdir, env, http_port, dns_port, cert, key, ca,
+                                                     binary, config)
         except PebbleError as exc:
             stop_process(dns_process)
             error = exc

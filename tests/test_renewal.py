@@ -1,0 +1,176 @@
+"""lacme.renewal (the decision rules) and lacme.state (their memory)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lacme import renewal
+from lacme.renewal import DAY, Lifetime, Window, check_interval, choose_moment, decide, \
+    decide_min_days, usable_window
+from lacme.state import Entry, StateStore, default_directory, dump_state, parse_state
+
+T0 = 1_900_000_000.0
+
+
+def life(seconds: float) -> Lifetime:
+    return Lifetime(T0, T0 + seconds)
+
+
+# -- without ARI: a share of the lifetime ------------------------------------------
+
+@pytest.mark.parametrize("length, share", [(90 * DAY, 2 / 3), (10 * DAY, 2 / 3),
+                                           (6 * DAY, 1 / 2), (120, 1 / 2)])
+def test_without_ari_renews_after_two_thirds_or_half_for_short(length, share):
+    lifetime = life(length)
+    assert not decide(lifetime, None, T0 + share * length - 1).due
+    due = decide(lifetime, None, T0 + share * length + 1)
+    assert due.due and due.renew_at == pytest.approx(T0 + share * length)
+
+
+def test_missing_or_expired_certificate_is_due():
+    assert decide(None, None, T0).due
+    assert decide(life(100), T0 + 500, T0 + 101).reason == "expired"
+
+
+def test_min_days_keeps_the_manual_meaning():
+    lifetime = life(90 * DAY)
+    assert not decide_min_days(lifetime, 21, T0 + 68 * DAY).due  # 22 days left
+    assert decide_min_days(lifetime, 21, T0 + 70 * DAY).due  # 20 days left
+    assert decide_min_days(lifetime, -1, T0).due
+    assert not decide_min_days(lifetime, 0, T0 + 89 * DAY).due
+    assert decide_min_days(None, 21, T0).due
+
+
+# -- ARI: the chosen moment --------------------------------------------------------
+
+def test_chosen_moment_decides_when_known():
+    lifetime = life(90 * DAY)
+    chosen = T0 + 40 * DAY  # earlier than 2/3: the CA's word wins
+    assert not decide(lifetime, chosen, chosen - 1).due
+    assert decide(lifetime, chosen, chosen).due
+
+
+def test_narrow_window_before_three_quarters_is_obeyed():
+    lifetime = life(90 * DAY)
+    window = Window(T0 + 59 * DAY, T0 + 61 * DAY)  # Let's Encrypt's kind of window
+    assert usable_window(window, lifetime, T0) == window
+
+
+def test_window_in_the_past_means_now():
+    lifetime = life(600)
+    now = T0 + 100
+    assert choose_moment(Window(T0 - 3600, T0 - 3599), lifetime, now) == now
+
+
+def test_wide_window_is_narrowed_to_the_late_part_of_the_lifetime():
+    lifetime = life(120)  # Pebble: its +-24 h window covers the whole lifetime
+    usable = usable_window(Window(T0, T0 + 120), lifetime, T0)
+    assert usable == Window(T0 + 90, T0 + 105)
+
+
+def test_window_starting_after_seven_eighths_is_capped():
+    lifetime = life(800)
+    usable = usable_window(Window(T0 + 750, T0 + 790), lifetime, T0)
+    assert usable == Window(T0 + 700, T0 + 700)
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.floats(min_value=60, max_value=400 * DAY),
+       start=st.floats(min_value=-1.5, max_value=1.5), width=st.floats(min_value=1e-4, max_value=2),
+       now=st.floats(min_value=0, max_value=1.2), seed=st.integers(0, 2 ** 32))
+def test_chosen_moment_is_in_the_window_or_now_and_never_after_seven_eighths(
+        length, start, width, now, seed):
+    lifetime = life(length)
+    window = Window(T0 + start * length, T0 + (start + width) * length)
+    at = T0 + now * length
+    chosen = choose_moment(window, lifetime, at, random.Random(seed))
+    if window.end <= at:
+        assert chosen == at
+    else:
+        assert chosen <= max(lifetime.at(7 / 8), window.start)
+        in_window = window.start - 1e-6 <= chosen <= window.end + 1e-6
+        assert in_window or chosen == pytest.approx(lifetime.at(7 / 8))
+
+
+def test_wide_window_gives_fewer_than_one_point_three_renewals_per_lifetime():
+    lifetime = life(120)
+    rng = random.Random(7)
+    moments = [choose_moment(Window(T0, T0 + 120), lifetime, T0, rng) for _ in range(2000)]
+    used = sum(m - T0 for m in moments) / len(moments)
+    assert 120 / used <= 1.3
+    assert max(moments) <= T0 + 105  # the last eighth stays free for retries
+
+
+# -- ARI: when to ask again ----------------------------------------------------------
+
+def test_retry_after_is_honoured_but_capped_at_a_hundredth_of_the_lifetime():
+    assert check_interval(life(90 * DAY), 6 * 3600) == 6 * 3600
+    assert check_interval(life(6 * DAY), 6 * 3600) == pytest.approx(6 * DAY / 100)
+    assert check_interval(life(120), 6 * 3600) == pytest.approx(1.2)
+    assert check_interval(life(90 * DAY), None) == renewal.DEFAULT_RETRY_AFTER
+    assert check_interval(life(90 * DAY), -5) == 0
+
+
+# -- the state file -------------------------------------------------------------------
+
+def test_state_round_trips_and_merges_entries(tmp_path):
+    store = StateStore(str(tmp_path / "state"))
+    a = Entry("www", "/srv/www.pem", cert_id="x.y", chosen=T0, ari=True, next_check=T0 + 5)
+    b = Entry("mail", "/srv/mail.pem", last_outcome="failed", last_error="boom")
+    assert store.save([a])
+    assert store.save([b])  # a second run for another section loses nothing
+    loaded = store.load()
+    assert loaded[a.key].chosen == T0 and loaded[a.key].ari is True
+    assert loaded[b.key].last_error == "boom"
+    assert oct((tmp_path / "state" / "renewal.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_state_damaged_file_or_fields_are_forgotten_not_fatal(tmp_path):
+    (tmp_path / "renewal.json").write_text("{not json")
+    assert StateStore(str(tmp_path)).load() == {}
+    raw = {"entries": [{"section": "www", "path": "/p", "chosen": "soon", "ari": 1,
+                        "next_check": T0}, {"section": 3}]}
+    entries = parse_state(json.dumps(raw))
+    assert list(entries) == ["[www] /p"]
+    entry = entries["[www] /p"]
+    assert entry.chosen is None and entry.ari is None and entry.next_check == T0
+
+
+def test_state_entry_forgets_window_of_another_certificate():
+    entry = Entry("www", "/p", cert_id="a.1", not_after=T0, window_start=T0 - 9, chosen=T0 - 5,
+                  next_check=T0, last_outcome="installed")
+    assert entry.for_certificate("a.1", T0 - 100, T0) is entry
+    other = entry.for_certificate("a.2", T0, T0 + 100)
+    assert other.chosen is None and other.window_start is None and other.next_check is None
+    assert other.last_outcome == "installed"
+
+
+def test_state_unwritable_directory_is_a_warning(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert not StateStore(str(blocker / "state")).save([Entry("www", "/p")])
+    assert "cannot save the renewal state" in caplog.text
+
+
+def test_state_directory_precedence(monkeypatch):
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/lacme:/other")
+    assert default_directory("/etc/conf-says") == "/etc/conf-says"
+    assert default_directory(None) == "/var/lib/lacme"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setenv("XDG_STATE_HOME", "/home/u/.state")
+    expected = "/var/lib/lacme" if os.geteuid() == 0 else "/home/u/.state/lacme"
+    assert default_directory(None) == expected
+
+
+def test_entry_fields_all_survive_json():
+    full = dataclasses.replace(Entry("s", "/p"), **{f.name: ("x" if "str" in str(f.type) else T0)
+                                         for f in dataclasses.fields(Entry)
+                                         if f.name not in ("section", "path", "ari")}, ari=False)
+    assert parse_state(dump_state({full.key: full}))[full.key] == full
