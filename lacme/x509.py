@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -349,14 +350,31 @@ def check_names(leaf: x509.Certificate, names: Sequence[str],
         raise CertificateError("issued certificate: no subjectAltName") from None
     others = [str(n.value) for n in san if not isinstance(n, (x509.DNSName, x509.IPAddress))]
     if others:
-        raise CertificateError(f"issued certificate: unrequested names {', '.join(others)}")
+        raise CertificateError(f"issued certificate: unrequested names {printable(others)}")
     got = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
     got |= {str(a) for a in san.get_values_for_type(x509.IPAddress)}
     wanted = {n.lower() for n in names} | {str(ipaddress.ip_address(a)) for a in ip_addresses}
     if missing := sorted(wanted - got):
-        raise CertificateError(f"issued certificate: missing names {', '.join(missing)}")
+        raise CertificateError(f"issued certificate: missing names {printable(missing)}")
     if extra := sorted(got - wanted):
-        raise CertificateError(f"issued certificate: unrequested names {', '.join(extra)}")
+        raise CertificateError(f"issued certificate: unrequested names {printable(extra)}")
+
+
+def printable(names: Sequence[str]) -> str:
+    """Names that came from the CA, joined, with anything unprintable escaped."""
+    return ", ".join("".join(c if c.isprintable() and c.isascii() else f"\\x{ord(c):02x}"
+                             for c in name) for name in names)
+
+
+def check_links(chain: Sequence[x509.Certificate]) -> None:
+    """Each certificate is issued (and signed) by the next one: no unrelated
+    certificate may ride along into the certificate-chain file."""
+    for position, (child, parent) in enumerate(zip(chain, chain[1:]), start=1):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise CertificateError(f"issued chain: certificate {position + 1} did not issue "
+                                   f"certificate {position} ({exc or 'bad signature'})") from None
 
 
 def check_validity(leaf: x509.Certificate, now: datetime) -> None:
@@ -408,6 +426,7 @@ def check_issued(chain: Sequence[x509.Certificate], csr_der: bytes, names: Seque
     check_key(chain[0], csr_der)
     check_names(chain[0], names, ip_addresses)
     check_validity(chain[0], now)
+    check_links(chain)
     if cafile == "":
         return
     verify_chain(chain, names, cafile or default_cafile(), now, ip_addresses)

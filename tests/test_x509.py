@@ -378,8 +378,10 @@ def test_check_issued_refuses_chain_to_other_root(cafile):
 
 def test_check_issued_refuses_broken_link(cafile):
     leaf = CA_MAIN.issue(EC_KEY.public_key(), NAMES)
-    with pytest.raises(CertificateError, match="does not verify against"):
+    with pytest.raises(CertificateError, match="certificate 2 did not issue certificate 1"):
         lx.check_issued([leaf, CA_OTHER.inter], csr_for(EC_KEY), NAMES, cafile)
+    with pytest.raises(CertificateError, match="certificate 2 did not issue certificate 1"):
+        lx.check_issued([leaf, CA_OTHER.inter], csr_for(EC_KEY), NAMES, "")  # even unchecked
     with pytest.raises(CertificateError, match="does not verify against"):
         lx.check_issued([leaf], csr_for(EC_KEY), NAMES, cafile)
 
