@@ -195,16 +195,38 @@ def new_order(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> i
     cli_min_days = -1 if args.force else args.min_days
     store = StateStore(default_directory(cfg.state_directory))
     entries = store.load()
-    now = time.time()
     rv = EXIT_OK
-    plans: list[Plan] = []
+    selected: list[CertSection] = []
     for name in list(args.section) if args.section else sorted(sections):
         section = sections.get(name)
         if section is None:
             log.warning("no such section [%s], skipping", name)
             rv = EXIT_FAILURE
             continue
-        plans.append(plan_section(section, entries, cli_min_days, now))
+        selected.append(section)
+    plans = [plan_section(s, entries, cli_min_days, time.time()) for s in selected]
+    if not any(p.check or p.decision.due for p in plans):
+        if not args.quiet:
+            for plan in plans:
+                _log_skip(plan)
+        return rv
+    # Work to do: take the run lock, then decide again, since a run that
+    # held the lock meanwhile may have renewed or checked these already.
+    from .session import lock_run, lock_wait
+
+    lock = lock_run(cfg.path, lock_wait(cfg))
+    try:
+        entries = store.load()
+        plans = [plan_section(s, entries, cli_min_days, time.time()) for s in selected]
+        return max(rv, check_and_order(cfg, args, store, plans))
+    finally:
+        os.close(lock)
+
+
+def check_and_order(cfg: MasterConfig, args: argparse.Namespace, store: StateStore,
+                    plans: list[Plan]) -> int:
+    """Under the run lock: renewalInfo checks that are due, then the orders."""
+    rv = EXIT_OK
     checks = [p for p in plans if p.check]
     if checks:
         check_renewal_info(cfg, args, checks)
@@ -276,7 +298,7 @@ def check_renewal_info(cfg: MasterConfig, args: argparse.Namespace, plans: list[
 
     now = time.time()
     try:
-        with ClientSession(cfg, debug=args.debug, challenges=False) as session:
+        with ClientSession(cfg, debug=args.debug, challenges=False, locked=True) as session:
             answers = session.renewal_info([(p.section.name, p.facts.cert_id) for p in plans
                                             if p.facts is not None and p.facts.cert_id])
     except LacmeError as exc:
@@ -361,7 +383,7 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
 
     installed: list[str] = []
     try:
-        with ClientSession(cfg, debug=args.debug, challenges=True) as session:
+        with ClientSession(cfg, debug=args.debug, challenges=True, locked=True) as session:
             results = session.order(
                 [(p.section.name, p.section.identifiers, p.csr) for p in pending.values()],
                 on_certificate=lambda sid, pem, alternates=(): _on_certificate(

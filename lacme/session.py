@@ -80,6 +80,11 @@ PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before fork, used in the child
 
 
+def lock_wait(cfg: MasterConfig) -> float:
+    """How long a run waits for another one to finish."""
+    return cfg.client.timeout * 2 + 60
+
+
 def lock_run(path: str, wait: float) -> int:
     """flock(2) the configuration file: one run per configuration at a time.
 
@@ -138,8 +143,11 @@ def _raise_terminated(signum: int, _frame: Any) -> None:
 class ClientSession:
     """One run of the ACME client, with its accountd and webservers."""
 
-    def __init__(self, cfg: MasterConfig, *, debug: bool = False, challenges: bool = False) -> None:
+    def __init__(self, cfg: MasterConfig, *, debug: bool = False, challenges: bool = False,
+                 locked: bool = False) -> None:
+        """``locked``: the caller already holds the run lock (``lock_run``)."""
         self.cfg = cfg
+        self.locked = locked
         self.debug = debug
         self.with_challenges = challenges
         self.stack = ExitStack()
@@ -152,8 +160,8 @@ class ClientSession:
     def __enter__(self) -> "ClientSession":
         try:
             self._install_signal_handlers()
-            lock = lock_run(self.cfg.path, self.cfg.client.timeout * 2 + 60)
-            self.stack.callback(os.close, lock)
+            if not self.locked:
+                self.stack.callback(os.close, lock_run(self.cfg.path, lock_wait(self.cfg)))
             if self.with_challenges:
                 self._setup_challenges()
             accountd = self._open_accountd()
