@@ -54,7 +54,7 @@ BAD_NONCE_STORM = 16
 # is in flight, its answer will bring a nonce within one round trip, which
 # is never slower than a HEAD newNonce of our own; wait that long at most.
 NONCE_WAIT = 1.0
-POLL_FIRST = 0.1  # first poll of an order this soon after the last step
+POLL_FIRST = 0.05  # first poll of an order this soon after the last step
 POLL_FACTOR = 1.5
 POLL_MAX = 2.0
 POLL_FLOOR = 0.05  # never poll more often than this, whatever Retry-After says

@@ -29,6 +29,9 @@ NAME = "lacme-client"
 DEFAULT_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_TIMEOUT = 30.0
 COMMANDS = frozenset({"account", "orders", "revoke", "renewal_info"})
+#: Orders processed at once: enough to keep a CA busy, few enough that the
+#: nonces returned by in-flight requests feed the next ones (no newNonce storm).
+MAX_CONCURRENT_ORDERS = 12
 
 logger = logging.getLogger(NAME)
 
@@ -287,7 +290,8 @@ def serve_orders(ctx: Context, msg: dict) -> bool:
     orders = msg.get("orders")
     if not isinstance(orders, list) or not orders:
         raise ProtocolError("control channel: orders without orders")
-    with ThreadPoolExecutor(max_workers=len(orders), thread_name_prefix="order") as pool:
+    workers = max(1, min(len(orders), MAX_CONCURRENT_ORDERS))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="order") as pool:
         results = list(pool.map(lambda entry: serve_order(ctx, entry), orders))
     return all(results)
 
