@@ -408,17 +408,7 @@ class ClientSession:
         payload = [{"id": sid, "cert_id": cert_id} for sid, cert_id in certificates]
         results: dict[str, dict | str] = {c["id"]: "no answer from the ACME client" for c in payload}
         self.channel.send(control.encode_message("renewal_info", certificates=payload))
-        for msg in self._messages():
-            kind = msg["type"]
-            if kind == "renewal_info" and msg.get("id") in results:
-                results[msg["id"]] = msg
-            elif kind == "failed" and msg.get("id") in results:
-                results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "error":  # the whole command failed: one line says why
-                raise LacmeError(str(msg.get("message", "the ACME client failed")))
-            elif kind == "done":
-                break
-        return results
+        return self._collect(results, "renewal_info", lambda msg: msg)
 
     def revoke(self, certificates: Sequence[tuple[str, bytes, str]],
                reason: int | None = None) -> dict[str, bool | str]:
@@ -427,13 +417,19 @@ class ClientSession:
                    for path, der, thumb in certificates]
         results: dict[str, bool | str] = {c["id"]: "no answer from the ACME client" for c in payload}
         self.channel.send(control.encode_message("revoke", certificates=payload, reason=reason))
+        return self._collect(results, "revoked", lambda msg: True)
+
+    def _collect(self, results: dict[str, Any], answer: str,
+                 value: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        """Per-id outcomes until ``done``: ``answer`` messages give ``value(msg)``,
+        ``failed`` ones the reason; ``error`` means the whole command failed."""
         for msg in self._messages():
             kind = msg["type"]
-            if kind == "revoked" and msg.get("id") in results:
-                results[msg["id"]] = True
+            if kind == answer and msg.get("id") in results:
+                results[msg["id"]] = value(msg)
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "error":  # the whole command failed: one line says why
+            elif kind == "error":  # one line says why
                 raise LacmeError(str(msg.get("message", "the ACME client failed")))
             elif kind == "done":
                 break
