@@ -466,6 +466,11 @@ def run(options: Options) -> int:
         fd_limit = raise_fd_limit(options.max_connections + RESERVED_FDS)
         max_connections = max(1, min(options.max_connections, fd_limit - RESERVED_FDS))
         asyncio.run(serve(dir_fd, listeners, options, max_connections))
+        # Stopping already: a further SIGTERM must not turn the exit into a
+        # death by signal (interpreter shutdown restores default handlers,
+        # but leaves ignored signals ignored).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
     finally:
         for listener in listeners:
             remove_socket_file(listener)
