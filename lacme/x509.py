@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -32,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, \
     VerificationError
 
+from . import jws
 from .errors import CertificateError, ConfigError, LacmeError
 
 DEFAULT_CAFILE = "/usr/share/lacme/ca-certificates.crt"
@@ -466,35 +465,9 @@ def select_chain(chains: Sequence[bytes], preferred: str | None) -> int:
 # -- RFC 7638 thumbprint of a certificate's key ---------------------------
 
 
-def b64url(data: bytes) -> str:
-    """base64url without padding (RFC 7515 2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def int_bytes(value: int, length: int | None = None) -> bytes:
-    """Big-endian bytes, minimal or of a fixed length."""
-    size = length if length is not None else max(1, (value.bit_length() + 7) // 8)
-    return value.to_bytes(size, "big")
-
-
-EC_CURVES = {"secp256r1": ("P-256", 32), "secp384r1": ("P-384", 48), "secp521r1": ("P-521", 66)}
-
-
-def public_jwk(public_key) -> dict[str, str]:
-    """The required members of the public JWK (RFC 7638 3.2)."""
-    if isinstance(public_key, rsa.RSAPublicKey):
-        numbers = public_key.public_numbers()
-        return {"e": b64url(int_bytes(numbers.e)), "kty": "RSA", "n": b64url(int_bytes(numbers.n))}
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name in EC_CURVES:
-        crv, size = EC_CURVES[public_key.curve.name]
-        numbers = public_key.public_numbers()
-        return {"crv": crv, "kty": "EC",
-                "x": b64url(int_bytes(numbers.x, size)), "y": b64url(int_bytes(numbers.y, size))}
-    raise CertificateError(f"certificate: unsupported key type {type(public_key).__name__}")
-
-
 def public_key_thumbprint(cert_der_or_pem: bytes) -> str:
-    """RFC 7638 SHA-256 thumbprint of the key certified by a PEM or DER certificate."""
+    """RFC 7638 thumbprint of the key certified by a PEM or DER certificate,
+    or "" for a key no accountd can hold (then it cannot be accountd's key)."""
     try:
         if cert_der_or_pem[:1] == b"\x30":
             cert = x509.load_der_x509_certificate(cert_der_or_pem)
@@ -502,5 +475,7 @@ def public_key_thumbprint(cert_der_or_pem: bytes) -> str:
             cert = x509.load_pem_x509_certificate(cert_der_or_pem)
     except ValueError:
         raise CertificateError("certificate: neither PEM nor DER") from None
-    jwk = json.dumps(public_jwk(cert.public_key()), sort_keys=True, separators=(",", ":"))
-    return b64url(hashlib.sha256(jwk.encode("ascii")).digest())
+    try:
+        return jws.jwk_thumbprint(jws.public_jwk(cert.public_key()))
+    except ValueError:
+        return ""

@@ -1,12 +1,11 @@
-"""Read a certificate's notAfter without importing cryptography.
+"""Minimal, bounded DER reading for certificates, without cryptography.
 
-Run by the master (root) for every certificate section before anything
-else: a no-op renewal only needs the expiry date of the installed
-certificate, and importing ``cryptography`` would cost more than the whole
-decision.  So this is a bounded, minimal DER walk over RFC 5280 section 4.1
-(Certificate -> TBSCertificate -> Validity -> notAfter), with UTCTime read
-under the century rule of RFC 5280 4.1.2.5.1 and GeneralizedTime under
-4.1.2.5.2.  ``not_after`` is pure; ``read_not_after`` reads one file.
+Pure.  Used by the master (root) through ``lacme.ari.certificate_facts`` for
+every certificate section before anything else: a no-op renewal only needs
+a few fields of the installed certificate, and importing ``cryptography``
+would cost more than the whole decision.  TLV reading over RFC 5280 section
+4.1, times under the century rule of RFC 5280 4.1.2.5.1 (UTCTime) and
+4.1.2.5.2 (GeneralizedTime), and the first PEM CERTIFICATE block.
 """
 
 from __future__ import annotations
@@ -99,26 +98,6 @@ def parse_time(data: bytes, pos: int, end: int) -> tuple[datetime, int]:
     raise ValueError(f"validity: expected UTCTime or GeneralizedTime, got tag 0x{tag:02x}")
 
 
-def not_after_der(der: bytes) -> datetime:
-    """notAfter of one DER certificate, which must fill ``der`` exactly."""
-    cert_start, cert_end = expect_tlv(der, 0, len(der), TAG_SEQUENCE, "Certificate")
-    if cert_end != len(der):
-        raise ValueError("trailing data after the certificate")
-    pos, tbs_end = expect_tlv(der, cert_start, cert_end, TAG_SEQUENCE, "TBSCertificate")
-    tag, _, stop = read_tlv(der, pos, tbs_end)
-    if tag == TAG_VERSION:
-        pos = stop
-    _, pos = expect_tlv(der, pos, tbs_end, TAG_INTEGER, "serialNumber")
-    _, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "signature")
-    _, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "issuer")
-    validity, validity_end = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "validity")
-    _, pos = parse_time(der, validity, validity_end)  # notBefore
-    after, pos = parse_time(der, pos, validity_end)
-    if pos != validity_end:
-        raise ValueError("validity: trailing data after notAfter")
-    return after
-
-
 def first_pem_certificate(data: bytes) -> bytes:
     """DER of the first PEM CERTIFICATE block of ``data``."""
     begin = data.find(PEM_BEGIN)
@@ -133,32 +112,3 @@ def first_pem_certificate(data: bytes) -> bytes:
         return base64.b64decode(body, validate=True)
     except binascii.Error as e:
         raise ValueError(f"bad base64 in PEM CERTIFICATE block: {e}") from None
-
-
-def not_after(data: bytes) -> datetime:
-    """notAfter (aware, UTC) of a PEM (first CERTIFICATE block) or DER certificate.
-
-    Raises ValueError on anything malformed.
-    """
-    if data[:1] == bytes([TAG_SEQUENCE]):
-        return not_after_der(data)
-    return not_after_der(first_pem_certificate(data))
-
-
-def read_not_after(path: str) -> datetime | None:
-    """notAfter of the certificate in ``path``; None if there is no such file.
-
-    ValueError, with a message starting with the path, when the file exists
-    but cannot be read or parsed.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ValueError(f"{path}: {e.strerror or e}") from None
-    try:
-        return not_after(data)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None

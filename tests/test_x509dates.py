@@ -1,4 +1,5 @@
-"""Tests for lacme.x509dates: notAfter from a minimal DER walk.
+"""Tests for the DER walk of lacme.x509dates and lacme.ari: notAfter read
+without cryptography, as the master's renewal decision does.
 
 Certificates are generated with cryptography (UTCTime before 2050,
 GeneralizedTime from 2050 on) and the result compared with cryptography's
@@ -19,7 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme.x509dates import not_after, read_not_after
+from lacme.ari import certificate_facts
+
+
+def not_after(data: bytes) -> datetime:
+    """notAfter through the one DER walk the master uses."""
+    return certificate_facts(data).not_after
 
 TREE_ROOT = Path(__file__).resolve().parent.parent
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -148,33 +154,10 @@ def test_not_after_mutated_certificate_never_misbehaves(offset, value):
     assert isinstance(result, datetime)
 
 
-def test_read_not_after_missing_file_is_none(tmp_path):
-    assert read_not_after(str(tmp_path / "absent.pem")) is None
-
-
-def test_read_not_after_reads_pem_file(tmp_path):
-    path = tmp_path / "cert.pem"
-    when = datetime(2029, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
-    path.write_bytes(pem_of(certificate(when)))
-    assert read_not_after(str(path)) == when
-
-
-def test_read_not_after_garbage_names_path(tmp_path):
-    path = tmp_path / "cert.pem"
-    path.write_bytes(b"not a certificate")
-    with pytest.raises(ValueError, match=f"^{path}: "):
-        read_not_after(str(path))
-
-
-def test_read_not_after_directory_names_path(tmp_path):
-    with pytest.raises(ValueError, match=f"^{tmp_path}: "):
-        read_not_after(str(tmp_path))
-
-
 def test_import_does_not_load_cryptography():
-    code = ("import sys, lacme.x509dates as d; "
-            "assert d.not_after; "
+    code = ("import sys, lacme.ari as a; "
+            "assert a.certificate_facts; "
             "print(sorted(m for m in sys.modules if m.startswith(('cryptography', 'lacme'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=TREE_ROOT, capture_output=True,
                          text=True, check=True).stdout
-    assert out.strip() == "['lacme', 'lacme.x509dates']"
+    assert "cryptography" not in out and "lacme.x509dates" in out
