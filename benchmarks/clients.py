@@ -165,7 +165,7 @@ class Lacme(LacmeFamily):
 
     def write_config(self, state: Path) -> None:
         (state / "lacme.conf").write_text(
-            f"config-certs = {state}/lacme-certs.conf\n"
+            f"config-certs = {state}/lacme-certs.conf\nstate-directory = {state}/renewal-state\n"
             f"[client]\nserver = {self.ctx.directory_url}\nSSL_ca_file = {self.ctx.tls_ca_file}\n"
             f"[webserver]\nlisten = 127.0.0.1:{self.ctx.http_port}\n"
             f"[accountd]\nconfig = {state}/lacme-accountd.conf\nquiet = Yes\n")
