@@ -278,7 +278,8 @@ def test_documented_revocation_has_the_renew_sandbox() -> None:
     unit = (TREE_ROOT / "units/lacme-renew.service").read_text()
     hardening = unit.split("ExecStart=", 1)[1].splitlines()[1:]
     wanted = {l for l in hardening if "=" in l and not l.startswith(("#", "ReadWritePaths="))}
-    assert props == wanted
+    assert "StateDirectory=lacme" in unit.splitlines()
+    assert props == wanted | {"StateDirectory=lacme"}
 
 
 def test_revocation_through_systemd_run(scenario: Scenario) -> None:
@@ -287,6 +288,7 @@ def test_revocation_through_systemd_run(scenario: Scenario) -> None:
     assert scenario.pebble.cert_status(serial) == "Valid"
     proc = scenario.box.run(*documented_revocation(path), check=False, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "renewal state" not in proc.stdout + proc.stderr  # recorded, not warned about
     assert scenario.pebble.cert_status(serial) == "Revoked"
 
 
