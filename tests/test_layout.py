@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lacme"
 PROGRAMS = {"master", "accountd", "client", "webserver"}
-PURE = {"jws", "wire", "control", "http01", "specifiers", "x509dates"}
+PURE = {"jws", "jwk_keys", "record", "wire", "control", "http01", "specifiers", "x509dates"}
 IO_MODULES = {"socket", "subprocess", "requests", "urllib3", "http", "asyncio", "selectors",
               "shutil", "tempfile"}
 
