@@ -14,23 +14,24 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import math
 import os
 import select
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from lacme import config, jws, log, specifiers, transport, wire
+from lacme import config, jwk_keys, jws, log, specifiers, transport, wire
 from lacme.errors import ConfigError, LacmeError, UsageError
+from lacme.record import Record
 
 NAME = "lacme-accountd"
 DEFAULT_SOCKET = "%t/S.lacme"
@@ -48,8 +49,7 @@ logger = logging.getLogger(NAME)
 # ---------------------------------------------------------------------------
 # Settings: command line over configuration file
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Record):
     privkey: str
     gpg: str
     socket: str | None  # None with --stdio or inherited descriptors
@@ -152,8 +152,7 @@ def show_request(req: wire.SignRequest) -> str:
 # ---------------------------------------------------------------------------
 # The account key
 
-@dataclass(frozen=True)
-class AccountKey:
+class AccountKey(Record):
     """The private key and what the greeting says about it."""
 
     private_key: Any
@@ -162,7 +161,7 @@ class AccountKey:
     thumbprint: str
 
     def sign(self, signing_input: bytes) -> bytes:
-        return jws.sign(self.private_key, self.alg, signing_input)
+        return jwk_keys.sign(self.private_key, self.alg, signing_input)
 
 
 def read_key_material(privkey: str, gpg: str) -> tuple[str, bytes]:
@@ -175,6 +174,8 @@ def read_key_material(privkey: str, gpg: str) -> tuple[str, bytes]:
         except OSError as exc:
             raise LacmeError(f"{path}: {exc.strerror or exc}") from None
     if kind == "gpg":
+        import subprocess  # noqa: PLC0415 - only for gpg: keys are mostly plain files
+
         command = gpg.split() + ["-o", "-", "--decrypt", "--", path]
         try:
             proc = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
@@ -190,24 +191,46 @@ def load_account_key(privkey: str, gpg: str) -> AccountKey:
     """Load and check the account key (RSA >= 2048 bits, EC P-256 or P-384)."""
     path, pem = read_key_material(privkey, gpg)
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        # RSA: check_rsa_private_key replaces the library's check, which also
+        # tests p and q for primality: most of a start with an RSA-2048 key
+        key = load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
     except TypeError:  # the PEM is encrypted and we gave no password
         raise LacmeError(f"{path}: encrypted PEM keys are not supported (use gpg:)") from None
     except (ValueError, UnsupportedAlgorithm):
         raise LacmeError(f"{path}: not a PEM private key") from None
     try:
-        alg = jws.alg_for_key(key)
+        alg = jwk_keys.alg_for_key(key)
+        if isinstance(key, rsa.RSAPrivateKey):
+            check_rsa_private_key(key)
     except ValueError as exc:
         raise LacmeError(f"{path}: {exc}") from None
-    jwk = jws.public_jwk(key.public_key())
+    jwk = jwk_keys.public_jwk(key.public_key())
     return AccountKey(key, alg, jwk, jws.jwk_thumbprint(jwk))
+
+
+def check_rsa_private_key(key: rsa.RSAPrivateKey) -> None:
+    """The private numbers agree with each other (RFC 8017 3.2, second form),
+    as OpenSSL's RSA_check_key verifies them: n = p q, d e = 1 mod lcm(p-1, q-1),
+    dP e = 1 mod p-1, dQ e = 1 mod q-1, qInv q = 1 mod p.  A damaged key file
+    (a CRT signature computed with a wrong dP leaks p) fails here; whether p
+    and q are prime is the key generator's business.  ValueError otherwise."""
+    priv = key.private_numbers()
+    p, q, d = priv.p, priv.q, priv.d
+    e, n = priv.public_numbers.e, priv.public_numbers.n
+    consistent = (
+        p > 2 and q > 2 and p != q and p * q == n and e % 2 == 1
+        and d * e % math.lcm(p - 1, q - 1) == 1
+        and priv.dmp1 * e % (p - 1) == 1 and priv.dmq1 * e % (q - 1) == 1
+        and priv.iqmp * q % p == 1
+    )
+    if not consistent:
+        raise ValueError("inconsistent RSA private key (damaged?)")
 
 
 # ---------------------------------------------------------------------------
 # One connection
 
-@dataclass(frozen=True)
-class Signer:
+class Signer(Record):
     key: AccountKey
     keyid: str | None
     origin: str | None
@@ -443,7 +466,27 @@ def run(settings: Settings) -> None:
         waiter.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The program: exits with ``run_program``'s code, without interpreter teardown."""
+    code = run_program(argv)
+    exit_now(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush the logs and exit at once: every connection is closed and the
+    socket removed by now; the interpreter's teardown (modules, daemon
+    threads) would only delay the master, which waits for us."""
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
+
+
+def run_program(argv: list[str] | None = None) -> int:
+    """Parse the settings, load the key, serve; the exit code."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     log.setup(NAME, debug=debug)
     try:
@@ -460,4 +503,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

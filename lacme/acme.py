@@ -26,7 +26,6 @@ import threading
 import time
 import urllib.parse
 import weakref
-from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
 import requests
@@ -37,6 +36,7 @@ from urllib3.util.ssl_ import create_urllib3_context
 from . import __version__, jws
 from .errors import AcmeError
 from .log import VERBOSE
+from .record import Record
 
 log = logging.getLogger("lacme-client")
 
@@ -93,8 +93,7 @@ class Signer(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(Record):
     """An RFC 7807 problem document as ACME uses it (RFC 8555 6.7)."""
 
     type: str
@@ -143,8 +142,7 @@ class AcmeProblemError(AcmeError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(Record):
     """An account as newAccount returns it (RFC 8555 7.3)."""
 
     url: str

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__, control, http01, jws, log, transport, wire
 from .errors import AcmeError, LacmeError, ProtocolError, UsageError
+from .record import Factory, Record
 
 NAME = "lacme-client"
 DEFAULT_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
@@ -97,9 +97,8 @@ class AccountdSigner:
 # The control channel after hello: sending, and answers to publish
 
 
-@dataclass
-class _Publication:
-    event: threading.Event = field(default_factory=threading.Event)
+class _Publication(Record, frozen=False):
+    event: threading.Event = Factory(threading.Event)
     ok: bool = False
     message: str = ""
     refs: int = 1
@@ -216,8 +215,7 @@ def acme_escape(text: Any, limit: int = 300) -> str:
 # Settings from hello
 
 
-@dataclass(frozen=True)
-class ClientSettings:
+class ClientSettings(Record):
     server: str
     timeout: float
     verify: bool | str
@@ -252,8 +250,7 @@ def parse_settings(raw: Any) -> ClientSettings:
 # Commands
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(Record):
     session: Any  # acme.AcmeSession (imported lazily: requests is heavy)
     link: ControlLink
     signer: AccountdSigner
@@ -290,7 +287,11 @@ def serve_orders(ctx: Context, msg: dict) -> bool:
     orders = msg.get("orders")
     if not isinstance(orders, list) or not orders:
         raise ProtocolError("control channel: orders without orders")
-    workers = max(1, min(len(orders), MAX_CONCURRENT_ORDERS))
+    if len(orders) == 1:  # no pool for one order: no thread to start and join
+        return serve_order(ctx, orders[0])
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - only for several orders
+
+    workers = min(len(orders), MAX_CONCURRENT_ORDERS)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="order") as pool:
         results = list(pool.map(lambda entry: serve_order(ctx, entry), orders))
     return all(results)
@@ -311,14 +312,13 @@ def serve_order(ctx: Context, entry: Any) -> bool:
     return True
 
 
-@dataclass
-class OrderOptions:
+class OrderOptions(Record, frozen=False):
     """The optional parts of one order; ``report`` goes back with the certificate."""
 
     replaces: str | None = None  # RFC 9773 certificate ID of the replaced certificate
     profile: str | None = None
     alternates: bool = False  # fetch the alternate chains too (preferred-chain)
-    report: dict = field(default_factory=dict)
+    report: dict = Factory(dict)
 
 
 def parse_order_options(entry: dict) -> OrderOptions:
@@ -680,6 +680,11 @@ def run(channel: transport.Channel) -> int:
     link = ControlLink(channel)
     try:
         settings = parse_settings(hello.get("settings"))
+        # Every command needs the ACME session module, whose import (requests)
+        # is most of our start-up: do it now, while lacme-accountd is still
+        # loading the key it greets with, rather than after the greeting.
+        from . import acme  # noqa: F401, PLC0415
+
         signer = AccountdSigner(accountd_sock, settings.timeout)
     except LacmeError as exc:
         accountd_sock.close()
@@ -732,7 +737,27 @@ def serve_command(command: dict, settings: ClientSettings, signer: AccountdSigne
         session.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The program: exits with ``run_program``'s code, without interpreter teardown."""
+    code = run_program(argv)
+    exit_now(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush what we wrote and exit at once.  Everything is sent and closed by
+    now; what ``sys.exit`` would add is the interpreter's teardown (modules,
+    threads, the requests stack: several ms of CPU), which the master waits for."""
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
+
+
+def run_program(argv: list[str] | None = None) -> int:
+    """Parse the arguments, serve one command; the exit code."""
     try:
         args = parse_args(argv)
     except UsageError as exc:
@@ -754,4 +779,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

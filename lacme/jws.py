@@ -1,56 +1,61 @@
-"""JSON Web Signature helpers: base64url, JWK, thumbprints and signatures.
+"""JSON Web Signature helpers that need no key: base64url, canonical JSON,
+JWK checks and thumbprints, signing inputs and the flattened JWS.
 
-Pure module, imported by lacme-accountd (which holds the account key and
-signs) and by the unprivileged ACME client (which builds signing inputs and
-the flattened JWS it posts).  No I/O.
+Pure module, imported by lacme-accountd and by the unprivileged ACME client,
+which never touches a key: it builds signing inputs, checks the JWK accountd
+announces and assembles the JWS it posts from accountd's signature.  Nothing
+here imports ``cryptography`` (the client's start-up and memory depend on
+it); keys, signing and verification live in ``lacme.jwk_keys``.  No I/O.
 
 Implements RFC 7515 section 2 (base64url without padding), 5.1 (signing
-input) and 7.2.2 (flattened JSON serialization); RFC 7518 sections 3.3
-(RS256), 3.4 (ES256/ES384, signatures as fixed-length R || S) and 6.2/6.3
-(EC and RSA public keys as JWK); RFC 7638 (JWK thumbprint); RFC 8555 section
-6.3 (POST-as-GET: an empty payload).
+input) and 7.2.2 (flattened JSON serialization); RFC 7518 sections 6.2.1
+and 6.3.1 (EC and RSA public keys as JWK); RFC 7638 (JWK thumbprint);
+RFC 8555 section 6.3 (POST-as-GET: an empty payload).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+try:  # the interpreter's own SHA-256, as the random module does: hashlib would
+    # load a second OpenSSL into lacme-accountd (~3.5 MB) for one digest
+    from _sha256 import sha256 as _sha256  # Python <= 3.11
+except ImportError:
+    try:
+        from _sha2 import sha256 as _sha256  # Python >= 3.12
+    except ImportError:
+        from hashlib import sha256 as _sha256
 
 _B64U = re.compile(r"[A-Za-z0-9_-]*\Z")
 
 MIN_RSA_BITS = 2048
 
 
-@dataclass(frozen=True)
-class EcAlgorithm:
-    """One ECDSA row of RFC 7518 3.1: curve, JWK crv name, hash, coordinate size."""
+class Curve(NamedTuple):
+    """A short Weierstrass curve y^2 = x^3 - 3x + b over GF(p) (FIPS 186-4 D.1.2)."""
 
-    alg: str
-    crv: str
-    curve: type[ec.EllipticCurve]
-    hash: type[hashes.HashAlgorithm]
+    alg: str  # the JWS alg of RFC 7518 3.4
     size: int  # octets of one coordinate, and of R and of S
+    p: int
+    b: int
 
 
-EC_ALGORITHMS = (
-    EcAlgorithm("ES256", "P-256", ec.SECP256R1, hashes.SHA256, 32),
-    EcAlgorithm("ES384", "P-384", ec.SECP384R1, hashes.SHA384, 48),
-)
-_EC_BY_ALG = {a.alg: a for a in EC_ALGORITHMS}
-_EC_BY_CRV = {a.crv: a for a in EC_ALGORITHMS}
-_EC_BY_CURVE = {a.curve.name: a for a in EC_ALGORITHMS}
+# RFC 7518 6.2.1.1: the JWK "crv" names, with their FIPS 186-4 D.1.2 parameters.
+CURVES = {
+    "P-256": Curve(
+        "ES256", 32,
+        2**256 - 2**224 + 2**192 + 2**96 - 1,
+        0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B,
+    ),
+    "P-384": Curve(
+        "ES384", 48,
+        2**384 - 2**128 - 2**96 + 2**32 - 1,
+        0xB3312FA7E23EE7E4988E056BE3F82D19181D9C6EFE8141120314088F5013875AC656398D8A2ED19D2A85C8EDD3EC2AEF,
+    ),
+}
 
 # RFC 7638 3.2: the members that make up the thumbprint, per key type.
 _THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "oct": ("k", "kty")}
@@ -86,47 +91,11 @@ def canonical_json(obj: Any) -> bytes:
     return text.encode("utf-8")
 
 
-def _int_to_bytes(value: int, size: int | None = None) -> bytes:
+def int_to_bytes(value: int, size: int | None = None) -> bytes:
+    """Big-endian octets of ``value``: ``size`` of them, or as few as it takes (at least one)."""
     if size is None:
         size = max(1, (value.bit_length() + 7) // 8)
     return value.to_bytes(size, "big")
-
-
-def _public(key: Any) -> Any:
-    """The public half of ``key`` (or ``key`` itself when already public)."""
-    return key.public_key() if hasattr(key, "public_key") else key
-
-
-def alg_for_key(key: Any) -> str:
-    """The JWS ``alg`` for a private or public key; ValueError if unsupported."""
-    pub = _public(key)
-    if isinstance(pub, rsa.RSAPublicKey):
-        if pub.key_size < MIN_RSA_BITS:
-            raise ValueError(f"RSA key of {pub.key_size} bits is too small (at least {MIN_RSA_BITS})")
-        return "RS256"
-    if isinstance(pub, ec.EllipticCurvePublicKey):
-        row = _EC_BY_CURVE.get(pub.curve.name)
-        if row is None:
-            raise ValueError(f"unsupported elliptic curve {pub.curve.name}")
-        return row.alg
-    raise ValueError(f"unsupported key type {type(pub).__name__}")
-
-
-def public_jwk(public_key: Any) -> dict[str, str]:
-    """The public JWK: RSA {e, kty, n} (RFC 7518 6.3.1), EC {crv, kty, x, y} (6.2.1)."""
-    pub = _public(public_key)
-    alg = alg_for_key(pub)
-    if alg == "RS256":
-        numbers = pub.public_numbers()
-        return {"e": b64u_encode(_int_to_bytes(numbers.e)), "kty": "RSA", "n": b64u_encode(_int_to_bytes(numbers.n))}
-    row = _EC_BY_ALG[alg]
-    point = pub.public_numbers()
-    return {
-        "crv": row.crv,
-        "kty": "EC",
-        "x": b64u_encode(_int_to_bytes(point.x, row.size)),
-        "y": b64u_encode(_int_to_bytes(point.y, row.size)),
-    }
 
 
 def jwk_thumbprint(jwk: dict) -> str:
@@ -138,28 +107,46 @@ def jwk_thumbprint(jwk: dict) -> str:
     if missing:
         raise ValueError(f"JWK: missing member {missing[0]!r}")
     required = {m: jwk[m] for m in members}
-    return b64u_encode(hashlib.sha256(canonical_json(required)).digest())
+    return b64u_encode(_sha256(canonical_json(required)).digest())
 
 
-def public_key_from_jwk(jwk: dict) -> Any:
-    """The cryptography public key described by an RSA or EC JWK; ValueError if invalid."""
+def public_jwk_alg(jwk: dict) -> str:
+    """The JWS alg of a usable public JWK; ValueError if it is not one.
+
+    Usable: RSA with at least MIN_RSA_BITS bits and an odd exponent
+    3 <= e < n (RFC 7518 6.3.1); EC on P-256 or P-384 with coordinates of the
+    curve's size describing a point on the curve (RFC 7518 6.2.1; with
+    cofactor 1 every such point generates the curve's group).  The checks a
+    key library makes when it builds a public key, without the library.
+    """
     kty = jwk.get("kty")
     if kty == "RSA":
         n = int.from_bytes(b64u_decode(_member(jwk, "n")), "big")
         e = int.from_bytes(b64u_decode(_member(jwk, "e")), "big")
-        key = rsa.RSAPublicNumbers(e, n).public_key()
-        alg_for_key(key)
-        return key
+        if n < 3 or not 3 <= e < n or e % 2 == 0:
+            raise ValueError("JWK: invalid RSA modulus or exponent")
+        if n.bit_length() < MIN_RSA_BITS:
+            raise ValueError(f"RSA key of {n.bit_length()} bits is too small (at least {MIN_RSA_BITS})")
+        return "RS256"
     if kty == "EC":
-        row = _EC_BY_CRV.get(_member(jwk, "crv"))
-        if row is None:
+        curve = CURVES.get(_member(jwk, "crv"))
+        if curve is None:
             raise ValueError(f"JWK: unsupported crv {jwk.get('crv')!r}")
         x, y = b64u_decode(_member(jwk, "x")), b64u_decode(_member(jwk, "y"))
-        if len(x) != row.size or len(y) != row.size:
+        if len(x) != curve.size or len(y) != curve.size:
             raise ValueError("JWK: EC coordinates of the wrong length")
-        numbers = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"), row.curve())
-        return numbers.public_key()  # ValueError if the point is not on the curve
+        if not on_curve(curve, int.from_bytes(x, "big"), int.from_bytes(y, "big")):
+            raise ValueError("JWK: the EC point is not on the curve")
+        return curve.alg
     raise ValueError(f"JWK: unsupported kty {kty!r}")
+
+
+def on_curve(curve: Curve, x: int, y: int) -> bool:
+    """(x, y) are field elements satisfying the curve equation (SEC 1 3.2.2.1 step 2-3)."""
+    p = curve.p
+    if not (0 <= x < p and 0 <= y < p):
+        return False
+    return (y * y - (x * x * x - 3 * x + curve.b)) % p == 0
 
 
 def _member(jwk: dict, name: str) -> str:
@@ -167,49 +154,6 @@ def _member(jwk: dict, name: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"JWK: member {name!r} missing or not a string")
     return value
-
-
-def der_to_raw(der: bytes, size: int) -> bytes:
-    """DER ECDSA-Sig-Value -> R || S, each ``size`` octets (RFC 7518 3.4)."""
-    r, s = decode_dss_signature(der)
-    if r.bit_length() > 8 * size or s.bit_length() > 8 * size:
-        raise ValueError("ECDSA signature: R or S too large")
-    return _int_to_bytes(r, size) + _int_to_bytes(s, size)
-
-
-def raw_to_der(raw: bytes) -> bytes:
-    """R || S (two halves of equal length) -> DER ECDSA-Sig-Value."""
-    if not raw or len(raw) % 2:
-        raise ValueError("ECDSA signature: odd or empty length")
-    half = len(raw) // 2
-    return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
-
-
-def sign(private_key: Any, alg: str, signing_input: bytes) -> bytes:
-    """The JWS signature of ``signing_input``; ValueError if ``alg`` does not fit the key."""
-    if alg_for_key(private_key) != alg:
-        raise ValueError(f"alg {alg} does not fit this key ({alg_for_key(private_key)})")
-    if alg == "RS256":
-        return private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-    row = _EC_BY_ALG[alg]
-    return der_to_raw(private_key.sign(signing_input, ec.ECDSA(row.hash())), row.size)
-
-
-def verify(public_key: Any, alg: str, signing_input: bytes, signature: bytes) -> bool:
-    """True if ``signature`` is a valid ``alg`` signature of ``signing_input``."""
-    try:
-        if alg_for_key(public_key) != alg:
-            return False
-        if alg == "RS256":
-            public_key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
-            return True
-        row = _EC_BY_ALG[alg]
-        if len(signature) != 2 * row.size:
-            return False
-        public_key.verify(raw_to_der(signature), signing_input, ec.ECDSA(row.hash()))
-        return True
-    except (InvalidSignature, ValueError):
-        return False
 
 
 def signing_input(protected: dict, payload: dict | None) -> str:
@@ -224,3 +168,4 @@ def flattened(signing_input: str, signature: bytes) -> dict[str, str]:
     if not dot:
         raise ValueError("signing input without '.'")
     return {"protected": protected, "payload": payload, "signature": b64u_encode(signature)}
+

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from lacme import jws
 from lacme.errors import ProtocolError
+from lacme.record import Record
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024  # octets, CRLF included
@@ -38,8 +38,7 @@ _REQUEST = re.compile(rb"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)\r\n\Z")
 _URL_CHARS = re.compile(r"[\x21-\x7e]+\Z")
 
 
-@dataclass(frozen=True)
-class Greeting:
+class Greeting(Record):
     """What accountd announces on connect: the key's alg, thumbprint, key id, JWK."""
 
     alg: str
@@ -48,9 +47,9 @@ class Greeting:
     jwk: dict  # {} when kid is set
 
 
-@dataclass(frozen=True)
-class SignRequest:
-    """An accepted request: the octets to sign and what they say."""
+class SignRequest(NamedTuple):
+    """An accepted request: the octets to sign and what they say (one per
+    signature: a tuple is the cheapest record to build)."""
 
     signing_input: bytes  # the line without CRLF
     header: dict
@@ -110,7 +109,7 @@ def _check_jwk(jwk: dict, alg: str) -> None:
     if jwk.get("kty") != kty or (crv is not None and jwk.get("crv") != crv):
         raise ProtocolError(f"accountd: JWK does not fit alg {alg}")
     try:
-        jws.public_key_from_jwk(jwk)
+        jws.public_jwk_alg(jwk)  # a usable key, checked without loading a key library
     except ValueError as exc:
         raise ProtocolError(f"accountd: {exc}") from None
 

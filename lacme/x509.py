@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, \
     VerificationError
 
-from . import jws
+from . import jwk_keys, jws
 from .errors import CertificateError, ConfigError, LacmeError
 
 DEFAULT_CAFILE = "/usr/share/lacme/ca-certificates.crt"
@@ -476,6 +476,6 @@ def public_key_thumbprint(cert_der_or_pem: bytes) -> str:
     except ValueError:
         raise CertificateError("certificate: neither PEM nor DER") from None
     try:
-        return jws.jwk_thumbprint(jws.public_jwk(cert.public_key()))
+        return jws.jwk_thumbprint(jwk_keys.public_jwk(cert.public_key()))
     except ValueError:
         return ""

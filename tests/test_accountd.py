@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from lacme import jws, transport, wire
+from lacme import jwk_keys, jws, transport, wire
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNTD = [sys.executable, "-m", "lacme.accountd"]
@@ -51,8 +51,16 @@ def keydir(tmp_path_factory) -> Path:
     write_key(d / "ES384.pem", ec.generate_private_key(ec.SECP384R1()))
     write_key(d / "RS256-pkcs8.pem", rsa_key)
     write_key(d / "small.pem", rsa.generate_private_key(65537, 1024))
+    write_key(d / "damaged.pem", damaged_rsa_key(rsa_key), serialization.PrivateFormat.TraditionalOpenSSL)
     (d / "garbage.pem").write_text("not a key\n")
     return d
+
+
+def damaged_rsa_key(key):
+    """``key`` with one CRT exponent off by two: signatures made with it would leak p."""
+    n = key.private_numbers()
+    bad = rsa.RSAPrivateNumbers(n.p, n.q, n.d, n.dmp1 ^ 2, n.dmq1, n.iqmp, n.public_numbers)
+    return bad.private_key(unsafe_skip_rsa_key_validation=True)
 
 
 def public_key_of(path: Path):
@@ -181,7 +189,7 @@ def private_dir():
 
 
 def verify(path: Path, alg: str, line: bytes, sig: bytes) -> bool:
-    return jws.verify(public_key_of(path), alg, line.rstrip(b"\r\n"), sig)
+    return jwk_keys.verify(public_key_of(path), alg, line.rstrip(b"\r\n"), sig)
 
 
 # --- stdio mode: greeting and signatures ------------------------------------
@@ -192,7 +200,7 @@ def test_stdio_signatures_verify_for_each_key_type(keydir, tmp_path, alg):
     conf = write_config(tmp_path / "a.conf")
     d = ours(f"--config={conf}", f"--privkey=file:{key}")
     g = d.greeting()
-    jwk = jws.public_jwk(public_key_of(key))
+    jwk = jwk_keys.public_jwk(public_key_of(key))
     assert g == wire.Greeting(alg, jws.jwk_thumbprint(jwk), None, jwk)
     assert d.jwk_line == jws.canonical_json(jwk) + b"\r\n"
     lines = [line_for(header(alg, jwk=jwk), {"termsOfServiceAgreed": True}),
@@ -220,10 +228,10 @@ def test_config_file_privkey_and_keyid_mode(keydir, tmp_path):
     d = ours(f"--config={conf}")
     g = d.greeting()
     assert g.kid == KID and g.jwk == {} and d.jwk_line == b"{}\r\n"
-    assert g.jwk_thumbprint == jws.jwk_thumbprint(jws.public_jwk(public_key_of(key)))
+    assert g.jwk_thumbprint == jws.jwk_thumbprint(jwk_keys.public_jwk(public_key_of(key)))
     line = line_for(header("ES256", kid=KID), None)
     assert verify(key, "ES256", line, wire.parse_signature(d.request(line)))
-    jwk_line = line_for(header("ES256", jwk=jws.public_jwk(public_key_of(key))), {})
+    jwk_line = line_for(header("ES256", jwk=jwk_keys.public_jwk(public_key_of(key))), {})
     assert d.request(jwk_line) == b""
     rc, err = d.finish()
     assert rc == 0 and "NOSIGN" in err and "key id is configured" in err
@@ -320,6 +328,7 @@ def test_stdio_stop_signal_exits_cleanly(keydir, tmp_path, signum):
         (["--privkey=file:/nonexistent/key.pem"], 1, "/nonexistent/key.pem: No such file"),
         (["--privkey=file:{keys}/garbage.pem"], 1, "garbage.pem: not a PEM private key"),
         (["--privkey=file:{keys}/small.pem"], 1, "small.pem: RSA key of 1024 bits is too small"),
+        (["--privkey=file:{keys}/damaged.pem"], 1, "damaged.pem: inconsistent RSA private key"),
         (["--privkey=ftp:/x"], 2, "--privkey"),
         ([], 2, "privkey is not set"),
         (["--privkey=file:{keys}/RS256.pem", "--origin=http://ca.example"], 2, "--origin"),
@@ -427,7 +436,7 @@ def test_gpg_encrypted_key(keydir, tmp_path, private_dir):
     try:
         conf = write_config(tmp_path / "a.conf", privkey=f"gpg:{encrypted}", gpg=f"{gpg} {secret}")
         d = ours(f"--config={conf}")
-        assert d.greeting().jwk == jws.public_jwk(public_key_of(keydir / "ES256.pem"))
+        assert d.greeting().jwk == jwk_keys.public_jwk(public_key_of(keydir / "ES256.pem"))
         line = line_for(header("ES256", kid=KID), None)
         assert verify(keydir / "ES256.pem", "ES256", line, wire.parse_signature(d.request(line)))
         assert d.finish()[0] == 0

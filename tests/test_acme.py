@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme import acme, jws
+from lacme import acme, jwk_keys, jws
 from lacme.acme import AcmeProblemError, AcmeSession, Problem
 from lacme.errors import AcmeError
 
@@ -37,15 +37,15 @@ class KeySigner:
 
     def __init__(self, key=None, kid: str | None = None) -> None:
         self.key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
-        self.alg = jws.alg_for_key(self.key)
-        self.jwk = jws.public_jwk(self.key)
+        self.alg = jwk_keys.alg_for_key(self.key)
+        self.jwk = jwk_keys.public_jwk(self.key)
         self.thumbprint = jws.jwk_thumbprint(self.jwk)
         self.kid = kid
         self.count = 0
 
     def sign(self, signing_input: bytes) -> bytes:
         self.count += 1
-        return jws.sign(self.key, self.alg, signing_input)
+        return jwk_keys.sign(self.key, self.alg, signing_input)
 
 
 class ChallengeServer:

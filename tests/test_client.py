@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lacme import control, jws, transport
+from lacme import control, jwk_keys, jws, transport
 from tests.test_acme import ChallengeServer, KeySigner, issue, make_csr, make_session
 
 TREE_ROOT = Path(__file__).resolve().parent.parent
@@ -374,7 +374,7 @@ def test_revoke_with_account_key_and_with_certificate_key(pebble, challenges, tm
     # 2. accountd serves the certificate's key: signed with jwk, no account lookup
     (leaf, cert_key) = certs[1]
     cert_key_path, _ = write_key(tmp_path / "cert.key", cert_key)
-    thumbprint = jws.jwk_thumbprint(jws.public_jwk(cert_key))
+    thumbprint = jws.jwk_thumbprint(jwk_keys.public_jwk(cert_key))
     offset = pebble.log_offset()
     run = start(pebble, tmp_path, cert_key_path)
     der = leaf.public_bytes(serialization.Encoding.DER)

@@ -29,11 +29,11 @@ if str(TREE_ROOT) not in sys.path:
 
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
-from lacme import jws, wire  # noqa: E402
+from lacme import jwk_keys, wire  # noqa: E402
 
 ORIGIN = "https://ca.example:8443"
 KEY = ec.generate_private_key(ec.SECP256R1())
-JWK = jws.public_jwk(KEY.public_key())
+JWK = jwk_keys.public_jwk(KEY.public_key())
 KID = "https://ca.example:8443/acct/1"
 LINE = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\r\n\Z")
 
@@ -232,7 +232,7 @@ def test_accountd_process_signs_only_well_formed_input(accountd, header, payload
         assert answer == b""
     else:
         signature = wire.parse_signature(answer)
-        assert jws.verify(KEY.public_key(), "ES256", line[:-2], signature)
+        assert jwk_keys.verify(KEY.public_key(), "ES256", line[:-2], signature)
     assert proc.poll() is None
 
 

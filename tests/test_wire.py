@@ -11,12 +11,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme import jws, wire
+from lacme import jwk_keys, jws, wire
 from lacme.errors import ProtocolError
 
 RSA_KEY = rsa.generate_private_key(65537, 2048)
-RSA_JWK = jws.public_jwk(RSA_KEY.public_key())
-EC_JWK = jws.public_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
+RSA_JWK = jwk_keys.public_jwk(RSA_KEY.public_key())
+EC_JWK = jwk_keys.public_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
 ORIGIN = "https://ca.example:14000"
 KID = "https://ca.example:14000/my-account/1"
 

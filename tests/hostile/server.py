@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lacme import jws
+from lacme import jwk_keys, jws
 from tests.pebble import write_tls_files
 
 ERR = "urn:ietf:params:acme:error:"
@@ -464,11 +464,11 @@ class HostileCA:
         if header.get("url") != self.base + path:
             raise problem(401, "unauthorized", "url mismatch")
         kid = header.get("kid")
-        key = jws.public_key_from_jwk(header["jwk"]) if "jwk" in header else self.accounts.get(kid)
+        key = jwk_keys.public_key_from_jwk(header["jwk"]) if "jwk" in header else self.accounts.get(kid)
         if key is None:
             raise problem(400, "accountDoesNotExist", "unknown kid")
         signing_input = f"{obj['protected']}.{obj['payload']}".encode()
-        if not jws.verify(key, header.get("alg"), signing_input, signature):
+        if not jwk_keys.verify(key, header.get("alg"), signing_input, signature):
             raise problem(400, "malformed", "bad signature")
         payload = json.loads(payload_raw) if payload_raw else None
         return header, payload, kid
@@ -485,7 +485,7 @@ class HostileCA:
             if created:
                 kid = self.base + f"/acct/{next(self.ids)}"
                 self.thumbs[thumb] = kid
-                self.accounts[kid] = jws.public_key_from_jwk(header["jwk"])
+                self.accounts[kid] = jwk_keys.public_key_from_jwk(header["jwk"])
                 self.account_bodies[kid] = {"status": "valid", "contact": (payload or {}).get("contact", [])}
         location = self.url("account", kid[len(self.base):])
         return 201 if created else 200, self.account_bodies[kid], "application/json", {
@@ -606,7 +606,7 @@ class HostileCA:
 
     def validate(self, a: Authz, kid: str | None) -> None:
         """http-01 (RFC 8555 8.3): GET the token from the lacme webserver, Host: the name."""
-        thumb = jws.jwk_thumbprint(jws.public_jwk(self.accounts[kid]))
+        thumb = jws.jwk_thumbprint(jwk_keys.public_jwk(self.accounts[kid]))
         try:
             conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
             conn.request("GET", f"/.well-known/acme-challenge/{a.token}",
