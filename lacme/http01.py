@@ -11,17 +11,24 @@ origin form ``/.well-known/acme-challenge/<token>`` with a base64url token
 is a candidate.  Percent-encodings, dot segments, queries, fragments,
 absolute-form targets (we are no proxy) and trailing slashes are all 403:
 an ACME server never sends them, and no decoding means no decoding bugs.
+
+Cheap to import: both the client and a freshly started webserver load it,
+so it compiles no regular expression and builds no dataclass at import;
+the checks are character-set tests with ``str.strip`` (C speed).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    import re
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8555 8.3: the token uses the base64url alphabet (RFC 4648 section 5),
-# without padding.  \A...\Z rather than ^...$: "$" would accept a final "\n".
-TOKEN_RE = re.compile(r"\A[A-Za-z0-9_-]+\Z")
+# without padding.
+BASE64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 MAX_TOKEN_LENGTH = 256
 
 MAX_HEAD = 8192  # whole request head, request line and fields
@@ -44,36 +51,89 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-_TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"  # RFC 9110 5.6.2
-_REQUEST_LINE_RE = re.compile(rf"\A({_TCHAR}+) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])\Z")
-_FIELD_RE = re.compile(rf"\A({_TCHAR}+):[ \t]*(.*?)[ \t]*\Z", re.DOTALL)
-_FIELD_VALUE_BAD_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # VCHAR, obs-text, SP, HTAB only
-_HEAD_END_RE = re.compile(rb"\n\r?\n")
-_LOG_UNSAFE_RE = re.compile(r'[\x00-\x1f\x7f-\U0010ffff"\\]')
+_TCHARS = "!#$%&'*+.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-"  # RFC 9110 5.6.2
+_DIGITS = "0123456789"
+# RFC 9110 5.5: a field value is VCHAR, obs-text, SP and HTAB; every other control is refused.
+_FIELD_VALUE_BAD = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
+# Log-safe: printable ASCII other than the quote and the backslash.
+_LOG_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _all_in(text: str, charset: str) -> bool:
+    """True for a non-empty ``text`` made only of characters of ``charset``."""
+    return bool(text) and not text.strip(charset)
+
+
+def __getattr__(name: str) -> re.Pattern[str]:
+    # TOKEN_RE, the token rule as a regular expression, for callers that
+    # want one; compiled on first use only.  \A...\Z rather than ^...$: "$"
+    # would accept a final "\n".
+    if name == "TOKEN_RE":
+        import re
+
+        pattern = re.compile(r"\A[A-Za-z0-9_-]+\Z")
+        globals()["TOKEN_RE"] = pattern
+        return pattern
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_valid_token(token: str) -> bool:
     """True for a non-empty base64url token of at most MAX_TOKEN_LENGTH."""
-    return len(token) <= MAX_TOKEN_LENGTH and TOKEN_RE.match(token) is not None
+    return len(token) <= MAX_TOKEN_LENGTH and _all_in(token, BASE64URL_ALPHABET)
 
 
 def key_authorization(token: str, thumbprint: str) -> str:
     """RFC 8555 8.1: token "." base64url(JWK thumbprint)."""
     if not is_valid_token(token):
         raise ValueError(f"invalid http-01 token {escape_for_log(token[:80])!s}")
-    if TOKEN_RE.match(thumbprint) is None:
+    if not _all_in(thumbprint, BASE64URL_ALPHABET):
         raise ValueError(f"invalid JWK thumbprint {escape_for_log(thumbprint[:80])!s}")
     return f"{token}.{thumbprint}"
 
 
-@dataclass(frozen=True)
 class RequestHead:
-    """A parsed request head; field names are lower-cased, values trimmed."""
+    """A parsed request head; field names are lower-cased, values trimmed.
+
+    Immutable, compared and hashed by value (what a frozen dataclass would
+    give, without the cost of building one at import).
+    """
+
+    __slots__ = ("method", "target", "version", "headers")
 
     method: str
     target: str
     version: str
     headers: tuple[tuple[str, str], ...]
+
+    def __init__(self, method: str, target: str, version: str,
+                 headers: tuple[tuple[str, str], ...]) -> None:
+        for name, value in (("method", method), ("target", target), ("version", version),
+                            ("headers", headers)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"RequestHead is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"RequestHead is immutable: cannot delete {name}")
+
+    def _fields(self) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
+        return (self.method, self.target, self.version, self.headers)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, RequestHead)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"RequestHead(method={self.method!r}, target={self.target!r}, "
+                f"version={self.version!r}, headers={self.headers!r})")
 
     def header(self, name: str) -> str | None:
         """Value of the first field called ``name`` (case-insensitive)."""
@@ -97,10 +157,15 @@ def find_head_end(buf: bytes) -> int | None:
     ``buf`` has outgrown the limits without completing.
     """
     start = len(buf) - len(buf.lstrip(b"\r\n"))
-    match = _HEAD_END_RE.search(buf, start)
-    if match is not None:
-        return match.end()
-    if b"\n" not in buf[start:] and len(buf) - start > MAX_REQUEST_LINE:
+    # The first LF followed by an empty line: "\n\n" or "\n\r\n" (bare LF
+    # line ends are accepted, RFC 9112 2.2), whichever starts first.
+    lf_lf = buf.find(b"\n\n", start)
+    lf_crlf = buf.find(b"\n\r\n", start)
+    if lf_lf >= 0 and (lf_crlf < 0 or lf_lf < lf_crlf):
+        return lf_lf + 2
+    if lf_crlf >= 0:
+        return lf_crlf + 3
+    if buf.find(b"\n", start) < 0 and len(buf) - start > MAX_REQUEST_LINE:
         raise BadRequest(414, "request line too long")
     if len(buf) > MAX_HEAD:
         raise BadRequest(431, "request head too large")
@@ -126,15 +191,25 @@ def _split_lines(data: bytes) -> list[bytes]:
     return lines
 
 
+def _is_version(text: str) -> bool:
+    """HTTP-version syntax (RFC 9112 2.3): "HTTP/" DIGIT "." DIGIT."""
+    return (len(text) == 8 and text.startswith("HTTP/") and text[6] == "."
+            and text[5] in _DIGITS and text[7] in _DIGITS)
+
+
 def _parse_request_line(line: bytes) -> tuple[str, str, str]:
+    """RFC 9112 3: method SP request-target SP HTTP-version, single spaces."""
     try:
         text = line.decode("ascii")
     except UnicodeDecodeError:
         raise BadRequest(400, "non-ASCII request line") from None
-    match = _REQUEST_LINE_RE.match(text)
-    if match is None:
+    parts = text.split(" ")
+    if len(parts) != 3:
         raise BadRequest(400, "malformed request line")
-    method, target, version = match.groups()
+    method, target, version = parts
+    # The target: visible ASCII (%x21-7E); ASCII, no space, all printable.
+    if not (_all_in(method, _TCHARS) and target and target.isprintable() and _is_version(version)):
+        raise BadRequest(400, "malformed request line")
     if len(target) > MAX_TARGET:
         raise BadRequest(414, "request target too long")
     if version not in ("HTTP/1.0", "HTTP/1.1"):
@@ -143,15 +218,16 @@ def _parse_request_line(line: bytes) -> tuple[str, str, str]:
 
 
 def _parse_field(line: bytes) -> tuple[str, str]:
+    """RFC 9112 5.1: field-name ":" OWS field-value OWS, no space before the colon."""
     if line[:1] in (b" ", b"\t"):
         raise BadRequest(400, "obsolete line folding")
-    match = _FIELD_RE.match(line.decode("latin-1"))
-    if match is None:
+    name, colon, value = line.decode("latin-1").partition(":")
+    if not colon or not _all_in(name, _TCHARS):
         raise BadRequest(400, "malformed header field")
-    name, value = match.groups()
-    if _FIELD_VALUE_BAD_RE.search(value):
+    # The name is tchars only: any control character is in the value.
+    if len(line.translate(None, _FIELD_VALUE_BAD)) != len(line):
         raise BadRequest(400, f"control character in header field {name}")
-    return name.lower(), value
+    return name.lower(), value.strip(" \t")
 
 
 def parse_request_head(data: bytes) -> RequestHead:
@@ -188,6 +264,14 @@ def route(head: RequestHead) -> tuple[int, str | None]:
     return 200, token
 
 
+def http_date(seconds: float) -> str:
+    """``seconds`` since the epoch as an IMF-fixdate (RFC 9110 5.6.7), e.g.
+    "Sun, 06 Nov 1994 08:49:37 GMT"; English names whatever the locale."""
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+
+
 def format_response(
     status: int,
     body: bytes = b"",
@@ -214,11 +298,13 @@ def format_response(
 def escape_for_log(data: bytes | str) -> str:
     """Printable ASCII: controls, non-ASCII, quote and backslash escaped as \\xNN (\\uNNNN)."""
     text = data.decode("latin-1") if isinstance(data, bytes) else data
-    return _LOG_UNSAFE_RE.sub(_escape_char, text)
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text  # the common case: nothing to escape
+    return "".join(char if char in _LOG_SAFE else _escape_char(char) for char in text)
 
 
-def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match.group())
+def _escape_char(char: str) -> str:
+    code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 

@@ -243,3 +243,124 @@ def test_find_head_end_returns_offset_or_raises_bad_request(data: bytes) -> None
         return
     if end is not None:
         assert 0 < end <= len(data) and data[:end].endswith(b"\n")
+
+
+# --- the regex-free parser against the regular expressions of the grammar -------------------------
+# http01 avoids compiling regular expressions at import (both the client and
+# every webserver start load it); these reference versions state the RFC 9110
+# and 9112 rules as regular expressions, and the parser must agree with them.
+
+import re  # noqa: E402
+
+REF_TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+REF_REQUEST_LINE = re.compile(rf"\A({REF_TCHAR}+) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])\Z")
+REF_FIELD = re.compile(rf"\A({REF_TCHAR}+):[ \t]*(.*?)[ \t]*\Z", re.DOTALL)
+REF_FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+REF_HEAD_END = re.compile(rb"\n\r?\n")
+REF_LOG_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\U0010ffff"\\]')
+REF_TOKEN = re.compile(r"\A[A-Za-z0-9_-]+\Z")
+
+
+def ref_request_line(text: str) -> tuple[str, str, str] | None:
+    match = REF_REQUEST_LINE.match(text)
+    return None if match is None else match.groups()  # type: ignore[return-value]
+
+
+def ref_field(text: str) -> tuple[str, str] | None:
+    match = REF_FIELD.match(text)
+    if match is None or REF_FIELD_VALUE_BAD.search(match.group(2)):
+        return None
+    return match.group(1).lower(), match.group(2)
+
+
+def ref_head_end(buf: bytes) -> int | None:
+    start = len(buf) - len(buf.lstrip(b"\r\n"))
+    match = REF_HEAD_END.search(buf, start)
+    return None if match is None else match.end()
+
+
+def ref_escape(text: str) -> str:
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return REF_LOG_UNSAFE.sub(escape, text)
+
+
+LINE_PIECES = st.sampled_from(["GET", "HEAD", "G@T", " ", "  ", "\t", "/", "/a", "%2f", "*", "HTTP/1.1", "HTTP/1.0",
+                               "HTTP/2", "HTTP/x.1", "HTTP/1.", "http/1.1", "\x7f", "\x00", "\x1b", "é", "~", '"'])
+LINES = st.one_of(st.text(max_size=40), st.lists(LINE_PIECES, max_size=8).map("".join))
+
+
+@settings(max_examples=400, deadline=None)
+@given(LINES)
+def test_request_line_agrees_with_grammar(text: str) -> None:
+    expected = ref_request_line(text) if text.isascii() else None
+    try:
+        got: tuple[str, str, str] | None = http01._parse_request_line(text.encode("utf-8"))
+    except BadRequest as exc:
+        if exc.status == 400:
+            got = None
+        else:  # 414 or 505: the syntax was right
+            assert expected is not None
+            return
+    assert got == expected
+
+
+FIELD_PIECES = st.sampled_from(["Host", "X-A", "a b", ":", " ", "\t", "value", "\x00", "\x7f", "\x1f", "\x80",
+                                "\xff", "é", "(", "@"])
+FIELDS = st.one_of(st.text(max_size=40), st.lists(FIELD_PIECES, max_size=8).map("".join))
+
+
+@settings(max_examples=400, deadline=None)
+@given(FIELDS)
+def test_field_agrees_with_grammar(text: str) -> None:
+    line = text.encode("latin-1", "replace").replace(b"\n", b"").replace(b"\r", b"")
+    expected = None if line[:1] in (b" ", b"\t") else ref_field(line.decode("latin-1"))
+    try:
+        got: tuple[str, str] | None = http01._parse_field(line)
+    except BadRequest:
+        got = None
+    assert got == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"GET / HTTP/1.0", b"x", b"\n\r"]), max_size=12).map(b"".join))
+def test_find_head_end_agrees_with_grammar(data: bytes) -> None:
+    assert http01.find_head_end(data) == ref_head_end(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=40))
+def test_escape_for_log_agrees_with_grammar(text: str) -> None:
+    assert http01.escape_for_log(text) == ref_escape(text)
+    assert http01.escape_for_log(text.encode("utf-8")) == ref_escape(text.encode("utf-8").decode("latin-1"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(max_size=20), st.text(B64URL, max_size=300)))
+def test_is_valid_token_agrees_with_grammar(token: str) -> None:
+    expected = len(token) <= http01.MAX_TOKEN_LENGTH and REF_TOKEN.match(token) is not None
+    assert http01.is_valid_token(token) == expected
+    assert (http01.TOKEN_RE.match(token) is not None) == (REF_TOKEN.match(token) is not None)
+
+
+def test_import_compiles_no_regular_expression() -> None:
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    # -S: without site, whose start-up may load re itself
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+            "import lacme.http01; print('re' in sys.modules, 'dataclasses' in sys.modules)")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_request_head_is_immutable_and_compares_by_value() -> None:
+    a = head("GET", "/x")
+    assert a == head("GET", "/x") and hash(a) == hash(head("GET", "/x")) and a != head("HEAD", "/x")
+    with pytest.raises(AttributeError):
+        a.method = "POST"  # type: ignore[misc]
+    assert "method='GET'" in repr(a)
