@@ -13,9 +13,13 @@ renewalInfo requests and in newOrder's ``replaces`` (RFC 9773 section 5);
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from .x509dates import TAG_INTEGER, TAG_SEQUENCE, TAG_VERSION, expect_tlv, first_pem_certificate, \
     parse_time, read_tlv
@@ -28,8 +32,7 @@ TAG_KEY_IDENTIFIER = 0x80  # [0] IMPLICIT KeyIdentifier in AuthorityKeyIdentifie
 OID_AUTHORITY_KEY_IDENTIFIER = bytes([0x55, 0x1D, 0x23])  # 2.5.29.35
 
 
-@dataclass(frozen=True)
-class CertificateFacts:
+class CertificateFacts(Record):
     """What the renewal decision needs from an installed certificate."""
 
     serial: bytes  # DER content octets of serialNumber
@@ -54,8 +57,7 @@ class CertificateFacts:
         return self.serial.hex()
 
 
-@dataclass(frozen=True)
-class RenewalInfo:
+class RenewalInfo(Record):
     """A renewalInfo answer: the suggested window, as POSIX seconds."""
 
     start: float

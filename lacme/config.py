@@ -18,18 +18,16 @@ section and the setting: ``lacme.conf [client] timeout: not a number: "x"``.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
-from urllib.parse import urlsplit
 
 from lacme import specifiers
 from lacme.errors import ConfigError, SpecifierError
+from lacme.record import Record
 from lacme.specifiers import Identity
 
 log = logging.getLogger(__name__)
@@ -41,8 +39,7 @@ DEFAULT_ACCOUNTD_CONFIG = "%E/lacme/lacme-accountd.conf"
 # ---------------------------------------------------------------------------
 # The INI reader
 
-@dataclass(frozen=True)
-class Ini:
+class Ini(Record):
     """A parsed INI text: the default section and the named ones, in order."""
 
     source: str
@@ -50,8 +47,12 @@ class Ini:
     sections: Mapping[str, Mapping[str, str]]
 
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _BLANK = " \t\f\v"
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines ended by CRLF, CR or LF (not the other separators of str.splitlines)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def parse_ini(text: str, source: str) -> Ini:
@@ -59,7 +60,7 @@ def parse_ini(text: str, source: str) -> Ini:
     defaults: dict[str, str] = {}
     sections: dict[str, dict[str, str]] = {}
     current = defaults
-    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         stripped = line.strip(_BLANK)
         if stripped == "" or stripped[0] in "#;":
             continue
@@ -141,8 +142,7 @@ def reject_unknown(settings: Mapping[str, str], known: Sequence[str], loc: str) 
 # ---------------------------------------------------------------------------
 # lacme-accountd.conf
 
-@dataclass(frozen=True)
-class AccountdConfig:
+class AccountdConfig(Record):
     """lacme-accountd.conf.  Path values are raw (expanded by the program).
 
     An empty value is the same as an absent one (None).  ``origin`` is
@@ -173,6 +173,8 @@ def check_privkey(value: str, loc: str) -> str:
 
 def parse_origin(value: str, loc: str) -> str:
     """An https origin ``https://host[:port]``, normalised."""
+    from urllib.parse import urlsplit
+
     try:
         url = urlsplit(value)
         port = url.port
@@ -230,8 +232,7 @@ def load_accountd_config(path: str | None, ident: Identity) -> AccountdConfig:
 # ---------------------------------------------------------------------------
 # lacme.conf: [webserver] listen
 
-@dataclass(frozen=True)
-class ListenAddress:
+class ListenAddress(Record):
     """One address of ``[webserver] listen``: a UNIX path or an IP and port."""
 
     family: str  # "unix" | "inet" | "inet6"
@@ -248,8 +249,9 @@ class ListenAddress:
 
 
 HTTP_PORT = 80
-_INET = re.compile(r"(?P<host>[0-9.]+)(?::(?P<port>[0-9]+))?")
-_INET6 = re.compile(r"\[(?P<host>[0-9A-Fa-f:.]+)\](?::(?P<port>[0-9]+))?")
+# Patterns are compiled on first use (re's cache): most runs never need them.
+_INET = r"(?P<host>[0-9.]+)(?::(?P<port>[0-9]+))?"
+_INET6 = r"\[(?P<host>[0-9A-Fa-f:.]+)\](?::(?P<port>[0-9]+))?"
 
 
 def parse_port(text: str | None, loc: str) -> int:
@@ -264,9 +266,14 @@ def parse_port(text: str | None, loc: str) -> int:
 def parse_listen_address(item: str, loc: str) -> ListenAddress:
     if item.startswith("/"):
         return ListenAddress("unix", path=item)
+    host, _, port = item.partition(":")
+    if is_canonical_ipv4(host) and (not port or (port.isascii() and port.isdigit())):
+        return ListenAddress("inet", host=host, port=parse_port(port or None, loc))
+    import ipaddress
+
     for family, pattern, kind in (("inet", _INET, ipaddress.IPv4Address),
                                   ("inet6", _INET6, ipaddress.IPv6Address)):
-        m = pattern.fullmatch(item)
+        m = re.fullmatch(pattern, item)
         if m is None:
             continue
         try:
@@ -277,9 +284,18 @@ def parse_listen_address(item: str, loc: str) -> ListenAddress:
     raise ConfigError(f'{loc}: not IPV4[:PORT], [IPV6][:PORT] or an absolute path: "{item}"')
 
 
+def is_canonical_ipv4(text: str) -> bool:
+    """Dotted-quad IPv4 as ipaddress writes it (no leading zeros): the common
+    case, checked without importing ipaddress."""
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        0 < len(p) <= 3 and p.isascii() and p.isdigit() and (p == "0" or p[0] != "0")
+        and int(p) <= 255 for p in parts)
+
+
 def parse_listen(value: str, loc: str = "listen") -> tuple[ListenAddress, ...]:
     """Comma- or space-separated addresses; ``""`` is the empty tuple."""
-    items = [i for i in re.split(r"[\s,]+", value) if i]
+    items = value.replace(",", " ").split()  # str.split: the whitespace of re's \s
     return tuple(parse_listen_address(i, loc) for i in items)
 
 
@@ -289,8 +305,7 @@ def parse_listen(value: str, loc: str = "listen") -> tuple[ListenAddress, ...]:
 DEFAULT_CONFIG_CERTS = "lacme-certs.conf lacme-certs.conf.d/"
 
 
-@dataclass(frozen=True)
-class ClientSettings:
+class ClientSettings(Record):
     """[client]: the unprivileged ACME client and how to reach accountd."""
 
     socket: str
@@ -306,8 +321,7 @@ class ClientSettings:
     ssl_ca_file: str | None = None
 
 
-@dataclass(frozen=True)
-class WebserverSettings:
+class WebserverSettings(Record):
     """[webserver]: the http-01 responder, or an existing HTTPd's directory."""
 
     listen: tuple[ListenAddress, ...] = (ListenAddress("unix", path="/run/lacme-www.socket"),)
@@ -318,8 +332,7 @@ class WebserverSettings:
     iptables: bool = False
 
 
-@dataclass(frozen=True)
-class AccountdSettings:
+class AccountdSettings(Record):
     """[accountd]: the lacme-accountd child.  Raw values: expanded after the drop."""
 
     user: str = ""
@@ -330,8 +343,7 @@ class AccountdSettings:
     quiet: bool = True
 
 
-@dataclass(frozen=True)
-class MasterConfig:
+class MasterConfig(Record):
     path: str
     config_certs: tuple[str, ...]
     client: ClientSettings
@@ -365,10 +377,25 @@ def parse_timeout(value: str, loc: str) -> float:
 
 
 def parse_server(value: str, loc: str) -> str:
+    if _plain_http_url(value):
+        return value
+    from urllib.parse import urlsplit
+
     url = urlsplit(value)
     if url.scheme not in ("https", "http") or not url.netloc:
         raise ConfigError(f'{loc}: not an http(s) URL: "{value}"')
     return value
+
+
+def _plain_http_url(value: str) -> bool:
+    """``http(s)://HOST...`` in printable ASCII without brackets: a URL that
+    urlsplit would accept, recognised without importing urllib.parse."""
+    rest = value[8:] if value.startswith("https://") else (
+        value[7:] if value.startswith("http://") else None)
+    if rest is None or not value.isascii() or not value.isprintable() or " " in value:
+        return False
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return netloc != "" and "[" not in netloc and "]" not in netloc
 
 
 def validate_client(s: Mapping[str, str], source: str, ident: Identity,
@@ -519,8 +546,7 @@ CERT_SETTINGS = ("certificate", "certificate-chain", "certificate-key", "min-day
 CERT_ALIASES: Mapping[str, str] = MappingProxyType({"owner": "chown", "mode": "chmod"})
 
 
-@dataclass(frozen=True)
-class CertSection:
+class CertSection(Record):
     """One certificate to issue, from lacme-certs.conf.  Values are not %-expanded."""
 
     name: str
@@ -558,7 +584,13 @@ class CertSection:
         return tuple(dict.fromkeys(n.lower() for n in names))
 
 
-_LABEL = re.compile(r"[0-9A-Za-z](?:[0-9A-Za-z-]{0,61}[0-9A-Za-z])?")
+_LDH = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-")
+
+
+def is_label(label: str) -> bool:
+    """An LDH label of 1 to 63 characters, no hyphen first or last."""
+    return (0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
+            and _LDH.issuperset(label))
 
 
 def is_domain(name: str) -> bool:
@@ -570,7 +602,7 @@ def is_domain(name: str) -> bool:
     labels = name.split(".")
     if labels[0] == "*":
         labels = labels[1:]
-    return len(labels) >= 2 and all(_LABEL.fullmatch(label) for label in labels)
+    return len(labels) >= 2 and all(is_label(label) for label in labels)
 
 
 def split_subject(value: str, loc: str) -> list[str]:
@@ -641,6 +673,8 @@ def parse_ip_addresses(value: str, loc: str) -> tuple[str, ...]:
         kind, sep, text = item.partition(":")
         if kind != "IP" or not sep:
             continue
+        import ipaddress
+
         try:
             address = ipaddress.ip_address(text.strip())
         except ValueError:
@@ -649,12 +683,12 @@ def parse_ip_addresses(value: str, loc: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-_PROFILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_PROFILE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
 def parse_profile(value: str, loc: str) -> str:
     """A profile name (the keys of the directory's meta.profiles)."""
-    if not _PROFILE.fullmatch(value):
+    if not re.fullmatch(_PROFILE, value):
         raise ConfigError(f'{loc}: not a profile name: "{value}"')
     return value
 
@@ -691,8 +725,7 @@ def parse_hash(value: str, loc: str) -> str:
     return value.lower()
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(Record):
     """A raw value, the file it came from and its name there (maybe an alias)."""
 
     value: str

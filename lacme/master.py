@@ -26,27 +26,30 @@ Prometheus textfile) and contacts nobody.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
 
 from . import __version__
 from .ari import CertificateFacts, certificate_facts, parse_renewal_info
 from .config import CertSection, MasterConfig, load_cert_sections, load_master_config
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, LacmeError, UsageError
 from .log import setup as setup_logging
+from .record import Record, replace
 from .renewal import Decision, Lifetime, Window, check_interval, choose_moment, decide, \
     decide_min_days, failed_check_interval
 from .specifiers import Identity, expand
 from .state import Entry, StateStore, default_directory, entry_key
 from .status import format_time
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any
+
     from .session import ClientSession
 
 log = logging.getLogger("lacme")
@@ -62,6 +65,8 @@ MSG_FAILED = "9e4d3c2b1a0f4e5d8c7b6a5f4e3d2c03"
 # command line
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="lacme",
         description="Privilege-separated ACME client (master process).",
@@ -124,13 +129,99 @@ def parse_reason(text: str) -> int:
     for name, code in REASONS.items():
         if name.lower() == text.lower():
             return code
+    import argparse
+
     raise argparse.ArgumentTypeError(f"unknown revocation reason {text!r}")
 
 
+NEW_ORDER_COMMANDS = ("newOrder", "new-order", "new-cert")
+
+
+def quick_parse(argv: Sequence[str]) -> argparse.Namespace | None:
+    """The common ``[--config F] [--socket P] [-q] [--debug] newOrder [--config-certs F]...
+    [--min-days N | --force] [SECTION...]`` without argparse (whose import and
+    parser build are a good part of a no-op run); None for anything else, which
+    build_parser() then reads (help, errors, abbreviations, other commands).
+    The result equals argparse's (tests/test_master_cli.py checks it)."""
+    from types import SimpleNamespace
+
+    args: dict[str, Any] = {"config": None, "socket": None, "quiet": False, "debug": False,
+                            "command": None, "config_certs": None, "min_days": None,
+                            "force": False, "section": []}
+    tokens = list(argv)
+    i = 0
+
+    def value(name: str) -> str | None:
+        nonlocal i
+        token = tokens[i]
+        if token.startswith(name + "="):
+            return token[len(name) + 1:]
+        if token == name and i + 1 < len(tokens) and not tokens[i + 1].startswith("-"):
+            i += 1
+            return tokens[i]
+        return None
+
+    while i < len(tokens) and args["command"] is None:
+        token = tokens[i]
+        if token in ("-q", "--quiet"):
+            args["quiet"] = True
+        elif token == "--debug":
+            args["debug"] = True
+        elif token in NEW_ORDER_COMMANDS:
+            args["command"] = token
+        elif token.startswith("--config") and (found := value("--config")) is not None:
+            args["config"] = found
+        elif token.startswith("--socket") and (found := value("--socket")) is not None:
+            args["socket"] = found
+        else:
+            return None
+        i += 1
+    if args["command"] is None:
+        return None
+    while i < len(tokens) and tokens[i].startswith("-"):
+        token = tokens[i]
+        if token == "--force" and not args["force"] and args["min_days"] is None:
+            args["force"] = True
+        elif token.startswith("--config-certs") and (found := value("--config-certs")) is not None:
+            args["config_certs"] = [*(args["config_certs"] or []), found]
+        elif (token.startswith("--min-days") and not args["force"] and args["min_days"] is None
+              and (found := value("--min-days")) is not None and found.isascii()
+              and found.lstrip("+-").isdigit() and len(found.lstrip("+-")) >= len(found) - 1):
+            args["min_days"] = int(found)
+        else:
+            return None
+        i += 1
+    if any(token.startswith("-") for token in tokens[i:]):
+        return None
+    args["section"] = tokens[i:]
+    return SimpleNamespace(**args)  # type: ignore[return-value]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; SystemExit from argparse for --help and usage errors."""
+    argv = sys.argv[1:] if argv is None else argv
+    return quick_parse(argv) or build_parser().parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """The ``lacme`` program (its console script): ``run_main``'s exit code,
+    without the interpreter's teardown.  Everything is written, installed,
+    reaped and removed by then; the teardown of the modules a run loaded
+    (cryptography among them) would only add tens of ms of CPU."""
+    code = run_main(argv)
     try:
-        args = parser.parse_args(argv)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """Read the command line, run the command; the exit code."""
+    try:
+        args = parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return int(exc.code or 0)
     setup_logging("lacme", quiet=args.quiet and not args.debug, debug=args.debug)
@@ -167,8 +258,7 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 # newOrder
 
-@dataclass
-class Plan:
+class Plan(Record, frozen=False):
     """One section of a newOrder run: what is installed, what is known, what to do."""
 
     section: CertSection
@@ -358,11 +448,50 @@ def _log_skip(plan: Plan) -> None:
 
 
 def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Plan]) -> int:
-    """CSRs, one client session for every order, verify and install as chains arrive."""
+    """One client session for every order, verify and install as chains arrive.
+
+    The components are started first and the CSRs made while they start
+    (cryptography's import, the keys): the client's start-up is the longer."""
+    from .session import ClientSession
+
+    rv = EXIT_OK
+    installed: list[str] = []
+    pending: dict[str, Plan] = {}
+    try:
+        with ClientSession(cfg, debug=args.debug, challenges=True, locked=True) as session:
+            rv = build_csrs(due, pending)
+            if not pending:
+                session.cancel()  # nothing to order: the components are stopped
+                return rv
+            results = session.order(
+                [(p.section.name, p.section.identifiers, p.csr) for p in pending.values()],
+                on_certificate=lambda sid, pem, alternates=(): _on_certificate(
+                    pending[sid], pem, installed, alternates),
+                options={p.section.name: order_options(p) for p in pending.values()},
+            )
+    except LacmeError as exc:
+        for plan in (pending.values() if pending else due):
+            if plan.section.name not in installed:
+                plan.entry = _failed_entry(plan.entry, str(exc))
+        raise
+    for sid, outcome in results.items():
+        if outcome is not True:
+            _record_failure(pending[sid], outcome)
+            rv = EXIT_FAILURE
+    for sid in installed:
+        if not _notify(pending[sid].section):
+            rv = EXIT_FAILURE
+    if installed and _under_systemd():
+        rv = max(rv, _notify_units(installed))
+    return rv
+
+
+def build_csrs(due: list[Plan], pending: dict[str, Plan]) -> int:
+    """A CSR for each plan; those made go into ``pending``.  EXIT_FAILURE if one
+    could not be made (recorded)."""
     from . import x509  # only now is there work: the heavier modules come in here
 
     rv = EXIT_OK
-    pending: dict[str, Plan] = {}
     for plan in due:
         section = plan.section
         log.info("[%s] renewing: %s", section.name, plan.decision.reason,
@@ -377,33 +506,6 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
             rv = EXIT_FAILURE
             continue
         pending[section.name] = plan
-    if not pending:
-        return rv
-    from .session import ClientSession
-
-    installed: list[str] = []
-    try:
-        with ClientSession(cfg, debug=args.debug, challenges=True, locked=True) as session:
-            results = session.order(
-                [(p.section.name, p.section.identifiers, p.csr) for p in pending.values()],
-                on_certificate=lambda sid, pem, alternates=(): _on_certificate(
-                    pending[sid], pem, installed, alternates),
-                options={p.section.name: order_options(p) for p in pending.values()},
-            )
-    except LacmeError as exc:
-        for plan in pending.values():
-            if plan.section.name not in installed:
-                plan.entry = _failed_entry(plan.entry, str(exc))
-        raise
-    for sid, outcome in results.items():
-        if outcome is not True:
-            _record_failure(pending[sid], outcome)
-            rv = EXIT_FAILURE
-    for sid in installed:
-        if not _notify(pending[sid].section):
-            rv = EXIT_FAILURE
-    if installed and _under_systemd():
-        rv = max(rv, _notify_units(installed))
     return rv
 
 
@@ -650,5 +752,5 @@ def write_textfile(path: str, text: str) -> None:
         raise LacmeError(f"--prometheus {path}: {exc.strerror or exc}") from None
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m lacme.master: an ordinary exit
+    sys.exit(run_main())

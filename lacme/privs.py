@@ -12,17 +12,16 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
 
 from .errors import PrivilegeError
+from .record import Record
 
 #: Environment handed to every component: nothing inherited but these.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEPT_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "GPG_TTY", "JOURNAL_STREAM", "TERM")
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(Record):
     """Resolved user and group of a component (None: keep the current one)."""
 
     uid: int | None

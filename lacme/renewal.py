@@ -25,8 +25,11 @@ The rules (README "How lacme decides when to renew"):
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import random
 
 DAY = 86400.0
 SHORT_LIFETIME = 10 * DAY
@@ -40,8 +43,7 @@ FAILED_CHECK_RETRY = 3600.0  # an ARI check that failed: again after this (cappe
 NEAR_EXPIRY_SHARE = 1 / 8  # `lacme status`: less than this share left is a problem
 
 
-@dataclass(frozen=True)
-class Lifetime:
+class Lifetime(Record):
     """Validity of the installed certificate, POSIX seconds."""
 
     not_before: float
@@ -55,16 +57,14 @@ class Lifetime:
         return self.not_before + share * self.length
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(Record):
     """An ARI suggested window, POSIX seconds."""
 
     start: float
     end: float
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Record):
     due: bool
     reason: str
     renew_at: float | None = None  # when it will be due (None: unknown or now)
@@ -127,7 +127,11 @@ def choose_moment(window: Window, lifetime: Lifetime, now: float,
     usable = usable_window(window, lifetime, now)
     if usable.end <= usable.start:
         return usable.start
-    return (rng or random).uniform(usable.start, usable.end)
+    if rng is None:
+        import random  # noqa: PLC0415 - only when an ARI window is learned
+
+        return random.uniform(usable.start, usable.end)
+    return rng.uniform(usable.start, usable.end)
 
 
 def check_interval(lifetime: Lifetime | None, retry_after: float | None) -> float:

@@ -8,8 +8,14 @@ the accountd connection with SCM_RIGHTS, and for newOrder sets up where the
 challenges are served (webservers spawned on sockets the master binds, or an
 existing challenge directory) and optional temporary iptables rules.
 
-Everything it starts or creates is undone on exit, including on errors and
-SIGINT/SIGTERM (turned into KeyboardInterrupt so that the same cleanup runs).
+The children start without waiting for one another (three interpreters
+starting side by side); the webservers' READY=1 is awaited only before the
+first challenge is published, while a webserver that exits first is named
+at once.  Everything it starts or creates is undone on exit, including on
+errors and SIGINT/SIGTERM (turned into KeyboardInterrupt so that the same
+cleanup runs): the channels are closed and the webservers signalled first,
+then every child is reaped together, so that shutdown costs the slowest
+child rather than the sum.
 Children it spawns get SIGTERM when the master dies, even by SIGKILL
 (PR_SET_PDEATHSIG), so that no webserver keeps a port from the next run.
 Runs of one configuration are serialized by flock(2) on its file; the
@@ -23,6 +29,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -140,6 +147,69 @@ def _raise_terminated(signum: int, _frame: Any) -> None:
     raise _Terminated(f"signal {signum}")
 
 
+class _Child:
+    """A spawned component and how it is stopped (see ``_reap_all``)."""
+
+    def __init__(self, pid: int, what: str, grace: float, terminate: bool) -> None:
+        self.pid, self.what, self.grace, self.terminate = pid, what, grace, terminate
+        self.deadline = 0.0
+        self.stage = 0  # 0: waiting for it to end, 1: SIGTERM sent at the deadline, 2: SIGKILL
+        self.pidfd: int | None = None
+
+
+class _Webservers:
+    """Spawned webservers until each has said READY=1 (sd_notify(3) datagrams
+    on the master's socket, the sender's pid from SCM_CREDENTIALS)."""
+
+    def __init__(self, sock: socket.socket, children: dict[int, ListenAddress],
+                 timeout: float = 15.0) -> None:
+        self.sock = sock
+        self.children = children
+        self.waiting = set(children)
+        self.deadline = time.monotonic() + timeout
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.setblocking(False)
+
+    def wait(self, until_readable: socket.socket | None = None) -> bool:
+        """Until every webserver is ready (True) or ``until_readable`` has data
+        (False).  LacmeError if a webserver exits first or none is ready in time."""
+        watched = [self.sock] if until_readable is None else [self.sock, until_readable]
+        while self.waiting:
+            readable, _, _ = select.select(watched, [], [], 0.05)
+            self._receive()
+            self._check_exits()
+            if until_readable is not None and until_readable in readable:
+                return not self.waiting
+            if self.waiting and time.monotonic() > self.deadline:
+                raise LacmeError("[webserver] the webserver did not start in time")
+        return True
+
+    def _receive(self) -> None:
+        creds_size = struct.calcsize("3i")
+        while True:
+            try:
+                data, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(creds_size))
+            except (BlockingIOError, InterruptedError):
+                return
+            sender = None
+            for level, kind, value in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    sender = struct.unpack("3i", value[:creds_size])[0]
+            if sender in self.waiting and b"READY=1" in data.split(b"\n"):
+                self.waiting.discard(sender)
+
+    def _check_exits(self) -> None:
+        for pid in sorted(self.waiting):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+                raise LacmeError(f"[webserver] the webserver on {self.children[pid]} exited "
+                                 f"with status {code} before serving")
+
+
 class ClientSession:
     """One run of the ACME client, with its accountd and webservers."""
 
@@ -155,6 +225,9 @@ class ClientSession:
         self.channel: Channel | None = None
         self.client_pid: int | None = None
         self.aborting = False
+        self.children: list[_Child] = []
+        self.close_after_children: list[socket.socket] = []  # the READY socket
+        self.webservers: _Webservers | None = None  # until every one is ready
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> "ClientSession":
@@ -162,15 +235,19 @@ class ClientSession:
             self._install_signal_handlers()
             if not self.locked:
                 self.stack.callback(os.close, lock_run(self.cfg.path, lock_wait(self.cfg)))
+            # Runs after everything registered below: channels closed, then this.
+            self.stack.callback(self._stop_children)
             if self.with_challenges:
                 self._setup_challenges()
             accountd = self._open_accountd()
+            # Kept until the end and then shut down, so that accountd sees the
+            # end at once instead of after the client's exit.
+            self.stack.callback(_shutdown_quietly, accountd)
             self.channel = self._start_client()
             hello = control.encode_message(
                 "hello", version=control.VERSION, settings=self._client_settings(), debug=self.debug
             )
             self.channel.send(hello, fd=accountd.fileno())
-            accountd.close()  # the client holds it now; accountd ends with it
         except BaseException as exc:
             self.aborting = isinstance(exc, KeyboardInterrupt)
             self.stack.close()
@@ -179,12 +256,31 @@ class ClientSession:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         # Interrupted: children are told to stop at once, not waited for.
-        self.aborting = isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt)
+        self.aborting = self.aborting or (
+            isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt))
         self.stack.close()
 
+    def cancel(self) -> None:
+        """No command will be sent: the children are told to stop at the end."""
+        self.aborting = True
+
     def _reap_later(self, pid: int, what: str, *, grace: float, terminate: bool = False) -> None:
-        self.stack.callback(lambda: _reap(pid, what, grace=grace,
-                                          terminate=terminate or self.aborting))
+        self.children.append(_Child(pid, what, grace, terminate))
+
+    def _stop_children(self) -> None:
+        """Signal the children to stop (the webservers always, every one when
+        interrupted), then reap them all together."""
+        children, self.children = self.children, []
+        for child in children:
+            child.terminate = child.terminate or self.aborting
+            if child.terminate:
+                _kill(child.pid, signal.SIGTERM)
+        try:
+            _reap_all(children)
+        finally:
+            # Open until the webservers are gone: their STOPPING=1 finds a reader.
+            for sock in self.close_after_children:
+                sock.close()
 
     def _install_signal_handlers(self) -> None:
         old = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -243,7 +339,6 @@ class ClientSession:
         theirs.close()
         log.debug("spawned lacme-accountd, pid %d", pid)
         self._reap_later(pid, "lacme-accountd", grace=5.0)
-        self.stack.callback(_shutdown_quietly, ours)
         return ours
 
     # ---------------------------------------------------------------- client
@@ -309,7 +404,7 @@ class ClientSession:
         # The webservers say when they serve with the sd_notify protocol
         # (READY=1), as under systemd: a datagram socket of the master's.
         ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.stack.callback(ready.close)
+        self.close_after_children.append(ready)
         ready.bind(f"\0lacme-ready-{os.getpid()}-{os.urandom(6).hex()}")
         notify_env = {"NOTIFY_SOCKET": "@" + ready.getsockname()[1:].decode()}
         started: dict[int, ListenAddress] = {}
@@ -321,7 +416,7 @@ class ClientSession:
             log.debug("spawned the webserver on %s, pid %d", address, pid)
             self._reap_later(pid, f"the webserver on {address}", grace=2.0, terminate=True)
             started[pid] = address
-        _wait_ready(ready, started)
+        self.webservers = _Webservers(ready, started)  # awaited before the first publish
 
     def _bind(self, address: ListenAddress) -> socket.socket:
         where = f"[webserver] listen {address}"
@@ -437,6 +532,9 @@ class ClientSession:
 
     def _publish(self, token: str, content: str) -> None:
         assert self.channel is not None and self.challenges is not None
+        if self.webservers is not None:
+            self.webservers.wait()
+            self.webservers = None
         try:
             self.challenges.publish(token, content)
             answer = control.encode_message("published", token=token, ok=True, message="")
@@ -450,6 +548,9 @@ class ClientSession:
         """Messages from the client until it ends the conversation."""
         assert self.channel is not None
         while True:
+            if self.webservers is not None and not self.channel.has_line():
+                if self.webservers.wait(until_readable=self.channel.sock):
+                    self.webservers = None
             try:
                 line, _ = self.channel.recv_line(control.MAX_LINE)
             except socket.timeout:
@@ -477,40 +578,6 @@ class ClientSession:
                 return f" (killed by signal {-code})" if code < 0 else f" (exit status {code})"
             time.sleep(0.01)
         return ""
-
-
-def _wait_ready(sock: socket.socket, children: dict[int, ListenAddress],
-                timeout: float = 15.0) -> None:
-    """Wait for READY=1 from every webserver (the sender's pid comes with
-    SCM_CREDENTIALS); fail early if one exits."""
-    waiting = set(children)
-    deadline = time.monotonic() + timeout
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    sock.settimeout(0.05)
-    creds_size = struct.calcsize("3i")
-    while waiting:
-        try:
-            data, ancdata, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(creds_size))
-        except socket.timeout:
-            data, ancdata = b"", []
-        sender = None
-        for level, kind, value in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                sender = struct.unpack("3i", value[:creds_size])[0]
-        if sender in waiting and b"READY=1" in data.split(b"\n"):
-            waiting.discard(sender)
-            continue
-        for pid in list(waiting):
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status = pid, 0
-            if done:
-                code = os.waitstatus_to_exitcode(status)
-                raise LacmeError(f"[webserver] the webserver on {children[pid]} exited "
-                                 f"with status {code} before serving")
-        if time.monotonic() > deadline:
-            raise LacmeError("[webserver] the webserver did not start in time")
 
 
 def connect_accountd(path: str) -> socket.socket:
@@ -565,43 +632,82 @@ def _shutdown_quietly(sock: socket.socket) -> None:
     sock.close()
 
 
-def _reap(pid: int, what: str, *, grace: float, terminate: bool = False) -> None:
-    """Wait for a child; TERM (at once when ``terminate``) then KILL it."""
-    if terminate:
-        _kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while True:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            if not terminate and status and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 127:
-                log.error("%s could not be started", what)
-            return
-        if time.monotonic() > deadline:
-            log.debug("%s (pid %d) still running, terminating it", what, pid)
-            _kill(pid, signal.SIGTERM)
-            if not _wait(pid, 2.0):
-                _kill(pid, signal.SIGKILL)
-                _wait(pid, None)
-            return
-        time.sleep(0.01)
+def _reap_all(children: list[_Child]) -> None:
+    """Wait for every child at once.  Each has ``grace`` seconds (from now) to
+    end; then SIGTERM, 2 s more, then SIGKILL.  A child that exited 127 without
+    being told to stop could not be started (logged)."""
+    now = start = time.monotonic()
+    pending: dict[int, _Child] = {}
+    for child in children:
+        child.deadline = now + child.grace
+        child.pidfd = _pidfd(child.pid)
+        pending[child.pid] = child
+    try:
+        while pending:
+            for pid in list(pending):
+                if _reaped(pending[pid]):
+                    child = pending.pop(pid)
+                    _close_pidfd(child)
+                    log.debug("%s ended (%.0f ms after the run)", child.what,
+                              1000 * (time.monotonic() - start))
+            if not pending:
+                return
+            now = time.monotonic()
+            for child in pending.values():
+                if child.stage < 2 and now > child.deadline:
+                    _escalate(child, now)
+            _sleep_until_exit(pending.values(), min(c.deadline for c in pending.values()) - now)
+    finally:
+        for child in pending.values():
+            _close_pidfd(child)
 
 
-def _wait(pid: int, timeout: float | None) -> bool:
-    """waitpid with a timeout; True once the child is gone."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            done, _ = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
-        except ChildProcessError:
-            return True
-        if done:
-            return True
-        if deadline is not None and time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
+def _reaped(child: _Child) -> bool:
+    try:
+        done, status = os.waitpid(child.pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    if done and not child.terminate and status and os.WIFEXITED(status) \
+            and os.WEXITSTATUS(status) == 127:
+        log.error("%s could not be started", child.what)
+    return bool(done)
+
+
+def _escalate(child: _Child, now: float) -> None:
+    if child.stage == 0:
+        log.debug("%s (pid %d) still running, terminating it", child.what, child.pid)
+        _kill(child.pid, signal.SIGTERM)
+        child.stage, child.deadline = 1, now + 2.0
+    else:
+        _kill(child.pid, signal.SIGKILL)
+        child.stage, child.deadline = 2, float("inf")
+
+
+def _sleep_until_exit(children: Iterable[_Child], timeout: float) -> None:
+    """Until one of ``children`` exits (its pidfd is readable) or ``timeout``."""
+    children = list(children)
+    fds = [c.pidfd for c in children if c.pidfd is not None]
+    polling = len(fds) < len(children)
+    limit = 0.01 if polling else 1.0  # without pidfds (old kernels): poll
+    timeout = max(0.0, min(timeout, limit))
+    if fds:
+        select.select(fds, [], [], timeout)
+    else:
+        time.sleep(timeout)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor readable once ``pid`` has exited (pidfd_open(2), Linux 5.3)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _close_pidfd(child: _Child) -> None:
+    if child.pidfd is not None:
+        os.close(child.pidfd)
+        child.pidfd = None
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -23,20 +23,17 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from lacme.record import Factory, Record
 from types import MappingProxyType
 
 from lacme.errors import SpecifierError
 
 SPECIFIER_CHARS = frozenset("CEgGhtTuU%")
 
-_SPECIFIER = re.compile(r"%(.?)", re.DOTALL)
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(Record):
     """Who expands: real uid/gid, their names, home and environment."""
 
     uid: int
@@ -44,7 +41,7 @@ class Identity:
     user: str
     group: str
     home: str
-    environ: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    environ: Mapping[str, str] = Factory(lambda: MappingProxyType({}))
 
     @classmethod
     def current(cls) -> "Identity":
@@ -110,21 +107,31 @@ def _check_char(char: str, value: str) -> None:
         raise SpecifierError(f'unknown specifier %{char} in "{value}"')
 
 
+def _split(value: str) -> list[str]:
+    """``value`` as [text, char, text, char, ..., text]: each ``char`` is what
+    follows a ``%`` ("" for a ``%`` at the very end)."""
+    parts = []
+    start = 0
+    while (at := value.find("%", start)) >= 0:
+        parts += [value[start:at], value[at + 1:at + 2]]
+        start = at + 2
+    parts.append(value[start:])
+    return parts
+
+
 def check(value: str) -> None:
     """Raise SpecifierError if ``value`` has an unknown or incomplete specifier."""
-    for m in _SPECIFIER.finditer(value):
-        _check_char(m.group(1), value)
+    for char in _split(value)[1::2]:
+        _check_char(char, value)
 
 
 def expand(value: str, ident: Identity) -> str:
     """``value`` with every %-specifier replaced, for identity ``ident``."""
-
-    def substitute(m: re.Match[str]) -> str:
-        char = m.group(1)
+    parts = _split(value)
+    for i in range(1, len(parts), 2):
+        char = parts[i]
         _check_char(char, value)
-        out = _expand_one(char, ident)
-        if out == "":
+        parts[i] = _expand_one(char, ident)
+        if parts[i] == "":
             raise SpecifierError(f'undefined expansion %{char} in "{value}"')
-        return out
-
-    return _SPECIFIER.sub(substitute, value)
+    return "".join(parts)

@@ -18,15 +18,18 @@ keyed by section name and certificate path.  Nothing in it is secret.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("lacme")
 
@@ -36,8 +39,7 @@ VERSION = 1
 STALE_AFTER = 30 * 86400  # forget entries of vanished certificates after this
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Record):
     """The remembered renewal state of one certificate section."""
 
     section: str
@@ -69,10 +71,19 @@ class Entry:
         another certificate (window, moment, next check) is dropped."""
         if cert_id == self.cert_id and not_after == self.not_after:
             return self
-        return dataclasses.replace(
-            self, cert_id=cert_id, not_before=not_before, not_after=not_after,
+        return self.replace(
+            cert_id=cert_id, not_before=not_before, not_after=not_after,
             window_start=None, window_end=None, chosen=None, explanation_url=None,
             next_check=None, last_check=None)
+
+
+# The JSON type of every field but section and path (str, required).
+_FIELD_TYPES: dict[str, type] = {
+    name: (bool if name == "ari" else str if name in (
+        "cert_id", "explanation_url", "last_outcome", "last_error", "replaced") else float)
+    for name in Entry._fields[2:]
+}
+_DEFAULTS = {name: Entry._defaults.get(name) for name in Entry._fields}
 
 
 def entry_key(section: str, path: str) -> str:
@@ -93,65 +104,90 @@ def default_directory(configured: str | None = None) -> str:
 
 
 def entry_from_json(raw: Any) -> Entry | None:
+    """An entry of the file; None without a section and a path.  A field of
+    the wrong type (or null, or unknown) is dropped: as if never learned."""
     if not isinstance(raw, dict):
         return None
-    fields = {f.name: f.type for f in dataclasses.fields(Entry)}
-    values = {k: v for k, v in raw.items() if k in fields}
-    if not isinstance(values.get("section"), str) or not isinstance(values.get("path"), str):
+    section, path = raw.get("section"), raw.get("path")
+    if not isinstance(section, str) or not isinstance(path, str):
         return None
-    for name, value in list(values.items()):
-        if value is not None and not _well_typed(fields[name], value):
-            values.pop(name)  # a damaged field: as if never learned
-    return Entry(**values)
+    values = _DEFAULTS.copy()
+    values["section"], values["path"] = section, path
+    for name, value in raw.items():
+        kind = _FIELD_TYPES.get(name)
+        if kind is None or value is None:
+            continue
+        if kind is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[name] = value
+        elif isinstance(value, kind):
+            values[name] = value
+    return Entry._trusted(values)
 
 
-def _well_typed(declared: Any, value: Any) -> bool:
-    text = str(declared)
-    if "float" in text:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if "bool" in text:
-        return isinstance(value, bool)
-    return isinstance(value, str)
-
-
-def parse_state(text: str) -> dict[str, Entry]:
-    """Entries of a state file; a damaged file is an empty state (logged)."""
+def _parse(text: str) -> dict[str, Entry] | None:
+    """Entries of a state file; None when it is not one."""
     try:
         raw = json.loads(text)
     except ValueError:
-        raw = None
+        return None
     if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list):
-        return {}
+        return None
     entries = (entry_from_json(item) for item in raw["entries"])
     return {e.key: e for e in entries if e is not None}
 
 
+def parse_state(text: str) -> dict[str, Entry]:
+    """Entries of a state file; a damaged file is an empty state."""
+    return _parse(text) or {}
+
+
 def dump_state(entries: Mapping[str, Entry]) -> str:
-    items = [dataclasses.asdict(e) for _, e in sorted(entries.items())]
-    return json.dumps({"version": VERSION, "entries": items}, indent=1, sort_keys=True) + "\n"
+    """The file's text: one entry per line (sorted keys, so diffs stay small),
+    written by the C encoder (an indent would need the pure-Python one)."""
+    encode = json.JSONEncoder(sort_keys=True).encode
+    lines = [encode(entries[key].asdict()) for key in sorted(entries)]
+    if not lines:
+        return f'{{"version": {VERSION}, "entries": []}}\n'
+    return f'{{"version": {VERSION}, "entries": [\n' + ",\n".join(lines) + "\n]}\n"
 
 
 class StateStore:
-    """The state file of one directory."""
+    """The state file of one directory.
+
+    A run reads it up to three times (to decide, again under the run lock,
+    and to merge when saving): the bytes read last and their entries are
+    kept, so that an unchanged file is read but not parsed again.
+    """
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.path = os.path.join(directory, STATE_FILE)
+        self._seen: tuple[bytes, dict[str, Entry]] | None = None
 
     def load(self) -> dict[str, Entry]:
         """Every entry; empty when the file is missing or unreadable (logged)."""
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                text = fh.read()
+            with open(self.path, "rb") as fh:
+                data = fh.read()
         except FileNotFoundError:
             return {}
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             log.warning("%s: cannot read the renewal state (%s)", self.path, exc)
             return {}
-        entries = parse_state(text)
-        if not entries and text.strip() and '"entries": []' not in text:
-            log.warning("%s: damaged renewal state, starting afresh", self.path)
-        return entries
+        if self._seen is not None and self._seen[0] == data:
+            return dict(self._seen[1])
+        try:
+            entries = _parse(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            log.warning("%s: cannot read the renewal state (%s)", self.path, exc)
+            return {}
+        if entries is None:
+            if data.strip():
+                log.warning("%s: damaged renewal state, starting afresh", self.path)
+            return {}
+        self._seen = (data, entries)
+        return dict(entries)
 
     def save(self, entries: Iterable[Entry]) -> bool:
         """Merge ``entries`` into the file; False (logged) if it cannot be written."""
@@ -172,18 +208,20 @@ class StateStore:
             current = self.load()
             now = time.time()
             for entry in entries:
-                current[entry.key] = dataclasses.replace(entry, updated=now)
+                current[entry.key] = entry.replace(updated=now)
             current = {k: e for k, e in current.items() if not _stale(e, now)}
-            self._write(dump_state(current))
+            data = dump_state(current).encode("utf-8")
+            self._write(data)
+            self._seen = (data, current)
         finally:
             os.close(lock_fd)
 
-    def _write(self, text: str) -> None:
+    def _write(self, data: bytes) -> None:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.rename(tmp, self.path)

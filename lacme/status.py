@@ -17,16 +17,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
+from .record import Record
 from .renewal import Lifetime, near_expiry
 from .state import Entry
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 
 
-@dataclass(frozen=True)
-class SectionStatus:
+class SectionStatus(Record):
     section: str
     identifiers: tuple[str, ...]
     file: str
@@ -47,7 +46,7 @@ class SectionStatus:
     problem: str | None
 
     def to_json(self) -> dict:
-        out = asdict(self)
+        out = self.asdict()
         out["identifiers"] = list(self.identifiers)
         for key in ("not_before", "not_after", "renew_at", "window_start", "window_end", "chosen",
                     "next_check", "last_attempt", "last_success"):

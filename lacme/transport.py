@@ -15,14 +15,14 @@ from __future__ import annotations
 import array
 import os
 import socket
-from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from .record import Record
 
 LISTEN_FDS_START = 3
 
 
-@dataclass(frozen=True)
-class InheritedFd:
+class InheritedFd(Record):
     fd: int
     name: str
 
@@ -149,6 +149,10 @@ class Channel:
             self.sock.sendall(data)
         else:
             send_fd(self.sock, fd, data)  # small first message: sent whole
+
+    def has_line(self) -> bool:
+        """A whole line is already buffered: ``recv_line`` will not block."""
+        return b"\n" in self._buf
 
     def recv_line(self, limit: int, *, want_fd: bool = False) -> tuple[bytes | None, int | None]:
         """Next line (without newline), or None at end of stream."""

@@ -8,6 +8,7 @@ Other fixtures live in the test files that use them.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +28,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pebble: talks to a real Pebble ACME server")
     config.addinivalue_line("markers", "root: needs to run as root")
     config.addinivalue_line("markers", "systemd: needs systemd-nspawn")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes the host's renewal state (/var/lib/lacme, ~/.local/state):
+    every master a test starts, in or out of process, inherits STATE_DIRECTORY
+    (tests of the default-directory rule set their own environment)."""
+    old = os.environ.get("STATE_DIRECTORY")
+    os.environ["STATE_DIRECTORY"] = str(tmp_path_factory.mktemp("lacme-state"))
+    yield
+    if old is None:
+        os.environ.pop("STATE_DIRECTORY", None)
+    else:
+        os.environ["STATE_DIRECTORY"] = old
 
 
 @pytest.fixture(scope="session")

@@ -483,3 +483,73 @@ def test_shipped_files_examples_valid_when_uncommented(tmp_path: Path) -> None:
     assert www.names == ("www.example.org", "example.org") and www.chmod == 0o644
     accountd = write(tmp_path / "a.conf", uncomment("lacme-accountd.conf"))
     assert load_accountd_config(accountd, ROOT).privkey == "file:/path/to/account.key"
+
+
+# -- the import-free fast paths agree with the modules they avoid -------------------
+
+import ipaddress  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+from lacme import config as config_module  # noqa: E402
+
+OCTETS = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "007", "", "a", "٣", " 1"]))
+
+
+@given(st.lists(OCTETS, min_size=3, max_size=5).map(".".join))
+def test_quick_ipv4_check_agrees_with_ipaddress(text):
+    try:
+        canonical = str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        canonical = False
+    assert config_module.is_canonical_ipv4(text) == canonical
+
+
+@given(st.lists(OCTETS, min_size=3, max_size=5).map(".".join),
+       st.one_of(st.none(), st.sampled_from(["80", "0", "65535", "65536", "08", "x", ""])))
+def test_listen_address_quick_path_agrees_with_the_full_parse(host, port):
+    item = host if port is None else f"{host}:{port}"
+
+    def full(item: str) -> object:
+        m = re.fullmatch(config_module._INET, item)
+        try:
+            if m is None:
+                raise ValueError
+            return ListenAddress("inet", host=str(ipaddress.IPv4Address(m.group("host"))),
+                                 port=config_module.parse_port(m.group("port"), "l"))
+        except (ValueError, ConfigError):
+            return None
+
+    try:
+        quick: object = config_module.parse_listen_address(item, "l")
+    except ConfigError:
+        quick = None
+    assert quick == full(item)
+
+
+URL_PARTS = st.sampled_from(["https://", "http://", "HTTPS://", "ftp://", "https:", "", "https:///"])
+URL_TAILS = st.text(alphabet="ab.:/?#[]@ \t%é-0", max_size=12)
+
+
+@given(URL_PARTS, URL_TAILS)
+def test_quick_url_check_accepts_only_what_urlsplit_accepts(head, tail):
+    value = head + tail
+    if config_module._plain_http_url(value):
+        url = urlsplit(value)
+        assert url.scheme in ("https", "http") and url.netloc
+
+
+@given(st.text(alphabet="aZ09-_.é*", max_size=70))
+def test_label_check_is_the_ldh_pattern(label):
+    pattern = r"[0-9A-Za-z](?:[0-9A-Za-z-]{0,61}[0-9A-Za-z])?"
+    assert config_module.is_label(label) == bool(re.fullmatch(pattern, label))
+
+
+@given(st.text(alphabet="ab\r\n\x0b\x0c\x1c\u2028 =[]", max_size=30))
+def test_line_split_is_crlf_cr_lf_only(text):
+    assert config_module.split_lines(text) == re.split(r"\r\n|\r|\n", text)
+
+
+@given(st.text(alphabet="a1, \t\n\u00a0\u3000,", max_size=20))
+def test_listen_items_split_like_the_pattern(value):
+    expected = [i for i in re.split(r"[\s,]+", value) if i]
+    assert value.replace(",", " ").split() == expected

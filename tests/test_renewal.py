@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -169,8 +168,66 @@ def test_state_directory_precedence(monkeypatch):
     assert default_directory(None) == expected
 
 
+def full_entry(section: str = "s", path: str = "/p") -> Entry:
+    """An entry with every field set."""
+    text = {"cert_id", "explanation_url", "last_outcome", "last_error", "replaced"}
+    return Entry(section, path, **{name: ("x" if name in text else T0)
+                                   for name in Entry._fields[2:] if name != "ari"}, ari=False)
+
+
 def test_entry_fields_all_survive_json():
-    full = dataclasses.replace(Entry("s", "/p"), **{f.name: ("x" if "str" in str(f.type) else T0)
-                                         for f in dataclasses.fields(Entry)
-                                         if f.name not in ("section", "path", "ari")}, ari=False)
+    full = full_entry()
     assert parse_state(dump_state({full.key: full}))[full.key] == full
+
+
+FLOATS = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False),
+                   st.integers(-2**53, 2**53))
+TEXTS = st.one_of(st.none(), st.text(max_size=20))
+ENTRIES = st.builds(
+    Entry, section=st.text(max_size=12), path=st.text(max_size=20), cert_id=TEXTS,
+    not_before=FLOATS, not_after=FLOATS, ari=st.one_of(st.none(), st.booleans()),
+    window_start=FLOATS, window_end=FLOATS, chosen=FLOATS, explanation_url=TEXTS,
+    next_check=FLOATS, last_check=FLOATS, last_attempt=FLOATS, last_outcome=TEXTS,
+    last_error=TEXTS, last_success=FLOATS, replaced=TEXTS,
+    updated=st.floats(allow_nan=False, allow_infinity=False))
+
+
+@given(st.lists(ENTRIES, max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_state_dump_and_parse_round_trip(entries):
+    state = {e.key: e for e in entries}
+    text = dump_state(state)
+    assert parse_state(text) == state
+    assert json.loads(text)["version"] == 1
+    assert len(text.splitlines()) == (len(state) + 2 if state else 1)  # one entry per line
+
+
+def test_state_with_thousands_of_entries_round_trips_through_the_store(tmp_path):
+    store = StateStore(str(tmp_path))
+    entries = [full_entry(f"s{i}", f"/srv/{i}.pem").replace(last_error=f"e\u00e9\n{i}")
+               for i in range(3000)]
+    assert store.save(entries)
+    loaded = StateStore(str(tmp_path)).load()  # another run: parsed from the file
+    assert len(loaded) == 3000
+    for entry in entries:
+        assert loaded[entry.key].replace(updated=entry.updated) == entry
+    assert store.load() == loaded  # the store's own copy of what it wrote
+
+
+def test_state_store_sees_another_writer(tmp_path):
+    mine, theirs = StateStore(str(tmp_path)), StateStore(str(tmp_path))
+    assert mine.save([Entry("a", "/a", chosen=T0)])
+    assert theirs.save([Entry("b", "/b")])  # another run, meanwhile
+    assert sorted(mine.load()) == ["[a] /a", "[b] /b"]
+    assert mine.save([Entry("a", "/a", chosen=T0 + 1)])  # merges, does not lose b
+    loaded = theirs.load()
+    assert sorted(loaded) == ["[a] /a", "[b] /b"] and loaded["[a] /a"].chosen == T0 + 1
+    loaded.clear()  # callers own the dictionary they get
+    assert len(theirs.load()) == 2
+
+
+def test_state_file_of_the_previous_format_is_read(tmp_path):
+    entry = Entry("www", "/p", chosen=T0, ari=True)
+    old = json.dumps({"version": 1, "entries": [entry.asdict()]}, indent=1, sort_keys=True)
+    (tmp_path / "renewal.json").write_text(old)
+    assert StateStore(str(tmp_path)).load() == {entry.key: entry}

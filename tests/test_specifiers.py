@@ -113,3 +113,33 @@ def test_current_identity_matches_process() -> None:
     assert ident.uid == os.getuid() and ident.gid == os.getgid()
     assert expand("%U:%G", ident) == f"{os.getuid()}:{os.getgid()}"
     assert ident.environ.get("PATH") == os.environ.get("PATH")
+
+
+def _expand_by_pattern(value: str, ident: Identity) -> str:
+    """The reference: every ``%(.?)`` match (DOTALL) replaced in turn."""
+    import re
+
+    from lacme.specifiers import _check_char, _expand_one
+
+    def substitute(m: re.Match[str]) -> str:
+        _check_char(m.group(1), value)
+        out = _expand_one(m.group(1), ident)
+        if out == "":
+            raise SpecifierError(f'undefined expansion %{m.group(1)} in "{value}"')
+        return out
+
+    return re.sub(r"%(.?)", substitute, value, flags=re.DOTALL)
+
+
+@given(st.text(alphabet="%%%CEgGhtTuUx\n/é", max_size=16))
+def test_expand_is_the_pattern_substitution(text: str) -> None:
+    ident = Identity(1000, 1000, "u", "g", "/home/u", {"HOME": "/home/u", "XDG_RUNTIME_DIR": ""})
+    try:
+        expected: str | Exception = _expand_by_pattern(text, ident)
+    except SpecifierError as exc:
+        expected = exc
+    try:
+        got: str | Exception = expand(text, ident)
+    except SpecifierError as exc:
+        got = exc
+    assert str(got) == str(expected) and type(got) is type(expected)
