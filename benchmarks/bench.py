@@ -9,6 +9,10 @@ pebble-challtestsrv on 127.0.0.1 (PEBBLE_VA_NOSLEEP=1, PEBBLE_AUTHZREUSE=0)
 and, for webroot clients, a static server on the http-01 port for the
 duration of each of their runs.  Runs are interleaved: round by round,
 every client once, in the same order.  Writes results.json and RESULTS.md.
+
+lacme in systemd mode (``lacme-systemd``, systemd_mode.py) runs in a
+container booted once for the whole benchmark and powered off at the end,
+also after an error or an interruption (SIGINT, SIGTERM).
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from accountd_rate import measure_rate  # noqa: E402
-from clients import ADAPTERS, PERL_ACCOUNTD, Adapter, Context, clean_env, fresh_dir, unique_names  # noqa: E402
+from clients import (PERL_ACCOUNTD, AcmeTiny, Adapter, Certbot, Context, Lacme, LacmePerl,  # noqa: E402
+                     Uacme, clean_env, unique_names)
 from measure import Command, become_subreaper, run_commands  # noqa: E402
-from report import write_reports  # noqa: E402
+from report import SYSTEMD, write_reports  # noqa: E402
+from systemd_mode import LacmeSystemd  # noqa: E402
 from tests.pebble import start_pebble  # noqa: E402
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"}
+ADAPTERS = (Lacme, LacmeSystemd, LacmePerl, AcmeTiny, Uacme, Certbot)
 PROTOCOL_MODULES = ("requests", "urllib3", "ssl", "http.client", "cryptography", "lacme.acme",
                     "lacme.session", "lacme.client", "lacme.jws", "lacme.wire", "lacme.x509")
 
@@ -92,6 +99,8 @@ def describe_machine() -> dict:
         "versions": {
             "lacme (this project)": f"{__version__} (git {rev}{' + uncommitted changes' if dirty else ''}), "
                                     f"Python {platform.python_version()}",
+            "lacme-systemd (the same, make install in a systemd-nspawn container)":
+                f"systemd {package_version('systemd')}",
             "lacme-perl (Debian lacme)": package_version("lacme"),
             "acme-tiny": package_version("acme-tiny"),
             "uacme": package_version("uacme"),
@@ -149,6 +158,10 @@ class Runner:
 
     def untimed(self, adapter: Adapter, state: Path, commands: list[Command]) -> None:
         """Preparation (e.g. an account for S3): run, check, not recorded."""
+        with adapter.around(state):
+            self._untimed(adapter, state, commands)
+
+    def _untimed(self, adapter: Adapter, state: Path, commands: list[Command]) -> None:
         web = start_webroot(adapter.webroot_dir(state), self.ctx.http_port) if adapter.webroot else None
         try:
             for command in commands:
@@ -162,11 +175,15 @@ class Runner:
                 stop_process(web)
 
     def timed(self, scenario: str, adapter: Adapter, state: Path, commands: list[Command]) -> dict:
+        with adapter.around(state):
+            return self._timed(scenario, adapter, state, commands)
+
+    def _timed(self, scenario: str, adapter: Adapter, state: Path, commands: list[Command]) -> dict:
         web = start_webroot(adapter.webroot_dir(state), self.ctx.http_port) if adapter.webroot else None
         try:
             offset = self.pebble.log_offset()
             excluded = self.services | ({web.pid} if web else set())
-            m = run_commands(commands, state / "run.log", excluded)
+            m = run_commands(commands, state / "run.log", excluded, adapter.outside())
             requests = dict(sorted(self.pebble.requests_since(offset).items()))
         finally:
             if web:
@@ -175,8 +192,8 @@ class Runner:
                   "state": str(state)}
         self.results.setdefault(scenario, {}).setdefault(adapter.name, []).append(record)
         status = f"FAILED {m.failed} (see {state}/run.log)" if m.failed else "ok"
-        log(f"{scenario} {adapter.name:10} {m.wall:7.3f}s cpu {m.cpu:6.3f}s "
-            f"rss {m.rss_largest_kb // 1024}/{m.rss_tree_kb // 1024} MB "
+        log(f"{scenario} {adapter.name:13} {m.wall:7.3f}s cpu {m.cpu:6.3f}s "
+            f"rss {m.rss_largest_kb // 1024}/{m.rss_tree_kb // 1024} MB pss {m.pss_tree_kb // 1024} MB "
             f"req {sum(requests.values())} {status}")
         return record
 
@@ -186,7 +203,7 @@ class Runner:
             for adapter in adapters:
                 if limits and round_ >= limits.get(adapter.name, runs):
                     continue
-                state = fresh_dir(self.ctx, adapter.name, scenario)
+                state = adapter.state_dir(scenario)
                 certificates = [unique_names(names) for _ in range(certs)]
                 if not register:
                     self.untimed(adapter, state, adapter.register(state))
@@ -254,6 +271,39 @@ def stage(name: str, notes: dict, function, *args, **kwargs) -> None:
         log(f"{name}: {exc}")
 
 
+def set_up(adapters: list[Adapter], notes: dict) -> list[Adapter]:
+    """Each adapter's one-time set-up (the systemd box); one that fails is left out."""
+    ready = []
+    for adapter in adapters:
+        try:
+            adapter.setup()
+        except Exception as exc:  # noqa: BLE001 - reported in the results, not fatal
+            adapter.teardown()
+            notes.setdefault("errors", []).append(f"{adapter.name} set-up: {exc}")
+            log(f"{adapter.name}: set-up failed, left out: {exc}")
+            continue
+        ready.append(adapter)
+    return ready
+
+
+def tear_down(adapters: list[Adapter]) -> None:
+    for adapter in adapters:
+        try:
+            adapter.teardown()
+        except Exception as exc:  # noqa: BLE001 - the others must still be torn down
+            log(f"{adapter.name}: teardown: {exc}")
+
+
+def remove_work(work: Path) -> None:
+    """The work directory, unless something is still mounted below it."""
+    with open("/proc/self/mountinfo") as fh:
+        mounted = [line.split()[4] for line in fh if line.split()[4].startswith(f"{work}/")]
+    if mounted:
+        log(f"left {work} in place: {mounted[0]} is still mounted")
+        return
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
@@ -261,10 +311,14 @@ def main() -> int:
     become_subreaper()
     scenarios = set(args.scenarios.split(","))
     wanted = args.clients.split(",")
+    unknown = set(wanted) - {cls.name for cls in ADAPTERS}
+    if unknown:
+        sys.exit(f"bench: unknown clients: {', '.join(sorted(unknown))}")
     work = Path(tempfile.mkdtemp(prefix="lacme-bench-"))
     work.chmod(0o755)
     started = time.monotonic()
     pebble = start_pebble(work / "pebble", env=PEBBLE_ENV)
+    adapters: list[Adapter] = []
     try:
         trust_pebble(pebble.tls_ca_file, work)
         root_file = work / "pebble-root.pem"
@@ -274,10 +328,11 @@ def main() -> int:
         shutil.copy(pebble.tls_ca_file, tls_ca)
         tls_ca.chmod(0o644)
         ctx = Context(pebble.directory_url, pebble.http_port, str(tls_ca), str(root_file), work)
-        adapters = [cls(ctx) for cls in ADAPTERS if cls.name in wanted]
-        runner = Runner(ctx, pebble, {pebble._process.pid, pebble._dns_process.pid})
         notes: dict = {"runs": args.runs, "s5_runs": args.s5_runs,
                        "s5_perl_runs": args.s5_perl_runs}
+        adapters = set_up([cls(ctx) for cls in ADAPTERS if cls.name in wanted], notes)
+        services = {pebble._process.pid, pebble._dns_process.pid}
+        runner = Runner(ctx, pebble, services.union(*(a.services() for a in adapters)))
         out = Path(args.out)
         machine = describe_machine()
         rates: dict = {}
@@ -301,13 +356,16 @@ def main() -> int:
         if "S4" in scenarios:
             renewers = [a for a in adapters if a.renews]
             stage("S4", notes, runner.renewal, "S4", renewers, args.runs)
-            ours = next((a for a in adapters if a.name == "lacme"), None)
-            if ours and ours.name in runner.states:
-                notes["s4_protocol_imports"] = runner.imports_of_noop(ours)
+            for ours, key in (("lacme", "s4_protocol_imports"),
+                              (SYSTEMD, "s4_protocol_imports_systemd")):
+                adapter = next((a for a in adapters if a.name == ours), None)
+                if adapter and adapter.name in runner.states:
+                    notes[key] = runner.imports_of_noop(adapter)
             save()
         if "S5" in scenarios:
-            lacmes = [a for a in adapters if a.name in ("lacme", "lacme-perl")]
-            limits = {"lacme": args.s5_runs, "lacme-perl": args.s5_perl_runs}
+            lacmes = [a for a in adapters if a.name in ("lacme", SYSTEMD, "lacme-perl")]
+            limits = {"lacme": args.s5_runs, SYSTEMD: args.s5_runs,
+                      "lacme-perl": args.s5_perl_runs}
             stage("S5", notes, runner.issuance, "S5", lacmes, args.s5_runs, certs=100, names=1,
                   register=False, limits=limits)
             save()
@@ -318,9 +376,10 @@ def main() -> int:
             f"in {notes['duration_s']} s")
         return 0
     finally:
+        tear_down(adapters)
         pebble.stop()
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_work(work)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ directory per run, prepares what a scenario assumes outside the timing
 (keys, CSRs, a registered account), and returns the commands to time:
 
 * ``lacme``      this project, fork mode (master spawns accountd, client, webserver);
+* ``lacme-systemd`` this project in systemd mode, in a booted container
+  (systemd_mode.py);
 * ``lacme-perl`` Debian's lacme 0.8.2 with its own lacme-accountd, fork mode;
 * ``acme-tiny``, ``uacme``, ``certbot``: Debian packages, webroot served by the runner.
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from measure import Command
+from measure import Command, Outside
 
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PERL_LACME = "/usr/sbin/lacme"
@@ -97,6 +101,33 @@ class Adapter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    # -- lifecycle hooks, all outside the timing ----------------------------
+
+    def setup(self) -> None:
+        """Once, before the first run."""
+
+    def teardown(self) -> None:
+        """Once, at the end (also after an error or an interruption)."""
+
+    def services(self) -> set[int]:
+        """Long-running processes of the runner that no run may be charged with."""
+        return set()
+
+    def state_dir(self, label: str) -> Path:
+        """A fresh state directory for one run (as the runner sees it)."""
+        return fresh_dir(self.ctx, self.name, label)
+
+    @contextmanager
+    def around(self, state: Path) -> Iterator[None]:
+        """Around each run, timed or not (e.g. open and close the http-01 port)."""
+        yield
+
+    def outside(self) -> Outside | None:
+        """Processes a run causes outside the runner's tree, if any."""
+        return None
+
+    # -- the commands ---------------------------------------------------------
+
     def issue(self, state: Path, certs: list[list[str]], *, register: bool) -> list[Command]:
         raise NotImplementedError
 
@@ -120,19 +151,32 @@ class LacmeFamily(Adapter):
     def write_config(self, state: Path) -> None:
         raise NotImplementedError
 
+    @property
+    def root_file(self) -> str:
+        """CAfile, as the program sees it."""
+        return self.ctx.root_file
+
+    def where(self, path: Path) -> str:
+        """``path`` (the runner's view) as the program sees it."""
+        return str(path)
+
     def write_sections(self, state: Path, certs: list[list[str]]) -> None:
         out = []
+        home = self.where(state)
         for i, names in enumerate(certs):
             key = write_pem_key(state / f"s{i}.key", "ec")
-            out += [f"[s{i}]", f"certificate-key = {key}", f"certificate = {state}/s{i}.crt",
-                    f"certificate-chain = {state}/s{i}.chain.pem", f"subject = /CN={names[0]}",
+            out += [f"[s{i}]", f"certificate-key = {self.where(key)}",
+                    f"certificate = {home}/s{i}.crt",
+                    f"certificate-chain = {home}/s{i}.chain.pem", f"subject = /CN={names[0]}",
                     "subjectAltName = " + ",".join(f"DNS:{n}" for n in names),
-                    f"CAfile = {self.ctx.root_file}", ""]
+                    f"CAfile = {self.root_file}", ""]
         (state / "lacme-certs.conf").write_text("\n".join(out))
 
+    def invocation(self, state: Path) -> tuple[str, ...]:
+        return (self.program, f"--config={state}/lacme.conf")
+
     def command(self, state: Path, *args: str, ok: frozenset[int] = frozenset({0})) -> Command:
-        return Command((self.program, f"--config={state}/lacme.conf", *args),
-                       clean_env(), str(state), ok)
+        return Command((*self.invocation(state), *args), clean_env(), str(state), ok)
 
     def prepare(self, state: Path) -> None:
         if (state / "account.key").exists():
@@ -294,5 +338,3 @@ class Certbot(Adapter):
         return [Command((*self.base(state, "renew"), "--no-random-sleep-on-renew"),
                         clean_env(), str(state))]
 
-
-ADAPTERS = (Lacme, LacmePerl, AcmeTiny, Uacme, Certbot)

@@ -10,13 +10,23 @@ Per run it reports:
   reaped as child subreaper (PR_SET_CHILD_SUBREAPER);
 * peak RSS of the largest single process (its VmHWM, the kernel's own
   high-water mark, last read before it exited);
-* peak RSS summed over the live process tree (VmRSS).
+* peak RSS summed over the live process tree (VmRSS);
+* peak PSS summed over the same processes (Pss of smaps_rollup): the
+  resident memory they hold together, each shared page (the interpreter,
+  libcrypto, a module mapped by several processes) divided among its users
+  instead of counted once per process as summed RSS does.
 Both are sampled every SAMPLE_INTERVAL seconds from /proc: a process that
 lives less than the interval can be missed.  (ru_maxrss is not used: Linux
 carries the forking runner's own high-water mark over the exec.)
 
-Long-running services the runner starts (Pebble, the static webroot server)
-are excluded from the tree by pid.
+Long-running services the runner starts (Pebble, the static webroot server,
+the systemd container) are excluded from the tree by pid.
+
+A run can also cause processes that are not the runner's descendants:
+lacme in systemd mode, whose socket-activated units are started by the
+container's systemd.  An ``Outside`` source names those processes (sampled
+with the tree) and gives their CPU as a counter read before and after the
+run (systemd_mode.py: the units' cgroup).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 SAMPLE_INTERVAL = 0.010
 PR_SET_CHILD_SUBREAPER = 36
@@ -51,8 +62,26 @@ class Measurement:
     cpu: float
     rss_largest_kb: int
     rss_tree_kb: int
+    pss_tree_kb: int = 0
     failed: str = ""  # the first command that exited with an unexpected code
     processes: tuple[tuple[str, int], ...] = ()  # (program, VmHWM kB), largest first
+    cpu_parts: dict[str, float] = field(default_factory=dict)  # CPU s by origin, if split
+
+
+class Outside(Protocol):
+    """Processes a run causes outside the runner's process tree."""
+
+    def pids(self) -> set[int]:
+        """The live processes, at one sample."""
+
+    def cpu_usec(self) -> int:
+        """CPU (user + system) of every such process so far, dead ones included."""
+
+    def settle(self) -> None:
+        """After the last command: wait until those processes are done."""
+
+    def unmeasured_usec(self) -> dict[str, int]:
+        """Counters of work the run causes but is not charged with (reported apart)."""
 
 
 @dataclass
@@ -121,6 +150,18 @@ def program_of(pid: int, known: dict[int, tuple[str, int]]) -> str:
     return os.path.basename(argv[0]) if argv else "?"
 
 
+def read_pss_kb(pid: int) -> int:
+    """Proportional set size of ``pid`` in kB; 0 for a process that is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def read_rss_kb(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in kB; zeros for a process that is gone."""
     try:
@@ -136,10 +177,12 @@ def read_rss_kb(pid: int) -> tuple[int, int]:
 class TreeSampler(threading.Thread):
     """Samples the summed RSS of the runner's descendants (minus services)."""
 
-    def __init__(self, excluded: set[int]) -> None:
+    def __init__(self, excluded: set[int], outside: Outside | None = None) -> None:
         super().__init__(daemon=True)
         self.excluded = excluded
+        self.outside = outside
         self.peak_kb = 0
+        self.pss_peak_kb = 0
         self.largest_kb = 0
         self.by_pid: dict[int, tuple[str, int]] = {}  # pid -> (program, VmHWM kB)
         self._done = threading.Event()
@@ -153,6 +196,8 @@ class TreeSampler(threading.Thread):
             pids = self._tree.descendants(me, self.excluded)
             # a child between fork and exec is still a copy of the runner: not measured
             pids = {p for p in pids if self._tree.parents.get(p) != me or read_cmdline(p) != own}
+            if self.outside is not None:
+                pids |= self.outside.pids()
             sizes = []
             for pid in pids:
                 rss, hwm = read_rss_kb(pid)
@@ -160,6 +205,7 @@ class TreeSampler(threading.Thread):
                 if hwm:
                     self.by_pid[pid] = (program_of(pid, self.by_pid), hwm)
             self.peak_kb = max(self.peak_kb, sum(rss for rss, _ in sizes))
+            self.pss_peak_kb = max(self.pss_peak_kb, sum(read_pss_kb(pid) for pid in pids))
             self.largest_kb = max([self.largest_kb] + [hwm for _, hwm in sizes])
             self._done.wait(SAMPLE_INTERVAL)
 
@@ -188,12 +234,21 @@ def orphan_pids(excluded: set[int]) -> list[int]:
     return [pid for pid, ppid in tree.parents.items() if ppid == me and pid not in excluded]
 
 
-def run_commands(commands: Sequence[Command], log_path: Path, excluded: set[int]) -> Measurement:
-    """Run ``commands`` in order (stop at the first unexpected exit code) and measure them."""
-    sampler = TreeSampler(excluded)
+def run_commands(commands: Sequence[Command], log_path: Path, excluded: set[int],
+                 outside: Outside | None = None) -> Measurement:
+    """Run ``commands`` in order (stop at the first unexpected exit code) and measure them.
+
+    With ``outside``, its processes count too: sampled with the tree until
+    the last command exits, and their CPU is the difference of its counter
+    from before the first fork to after ``settle`` (not part of the wall time,
+    and not sampled: what settle runs to wait is not the run's).
+    """
+    sampler = TreeSampler(excluded, outside)
     cpu = 0.0
     failed = ""
     with open(log_path, "ab") as log:
+        before = outside.cpu_usec() if outside else 0
+        side_before = outside.unmeasured_usec() if outside else {}
         sampler.start()
         start = time.perf_counter()
         for command in commands:
@@ -217,7 +272,16 @@ def run_commands(commands: Sequence[Command], log_path: Path, excluded: set[int]
                 break
         wall = time.perf_counter() - start
         tree_peak, largest = sampler.stop()
+        parts: dict[str, float] = {}
+        if outside is not None:
+            outside.settle()
+            units = (outside.cpu_usec() - before) / 1e6
+            parts = {"commands": round(cpu, 4), "units": round(units, 4)}
+            side_after = outside.unmeasured_usec()
+            parts.update({name: round((side_after[name] - side_before.get(name, 0)) / 1e6, 4)
+                          for name in side_after})
+            cpu += units
         processes = tuple(sorted(sampler.by_pid.values(), key=lambda p: -p[1])[:8])
-        log.write(f"# wall {wall:.3f}s cpu {cpu:.3f}s {failed}\n".encode())
+        log.write(f"# wall {wall:.3f}s cpu {cpu:.3f}s {parts or ''} {failed}\n".encode())
     return Measurement(wall=wall, cpu=cpu, rss_largest_kb=largest, rss_tree_kb=tree_peak,
-                       failed=failed, processes=processes)
+                       pss_tree_kb=sampler.pss_peak_kb, failed=failed, processes=processes, cpu_parts=parts)

@@ -2,7 +2,10 @@
 
 Run by the benchmark runner at the end (no I/O besides writing the two files).
 Ratios are this project's wall time over a peer's, computed pair by pair
-(run i against run i of the same round), then summarised by their median.
+(run i against run i of the same round), then summarised by their median:
+for fork mode ("lacme" over each peer, lacme-systemd not counted as a peer)
+and, apart, for systemd mode ("lacme-systemd" over each other client,
+fork-mode lacme included).  The targets are checked for both modes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ SCENARIOS = {
 }
 SHAPE = {"S1": (1, 1), "S2": (1, 10), "S3": (20, 1), "S5": (100, 1)}  # certificates, names
 US = "lacme"
+SYSTEMD = "lacme-systemd"
 
 
 def ok_runs(runs: list[dict]) -> list[dict]:
@@ -38,6 +42,7 @@ def summarize(runs: list[dict]) -> dict:
         "cpu_median": statistics.median(r["cpu"] for r in good),
         "rss_largest_mb_max": max(r["rss_largest_kb"] for r in good) / 1024,
         "rss_tree_mb_max": max(r["rss_tree_kb"] for r in good) / 1024,
+        "pss_tree_mb_max": max(r.get("pss_tree_kb", 0) for r in good) / 1024,
         "invocations": good[0]["invocations"],
         "requests_median": statistics.median(sum(r["requests"].values()) for r in good),
         "requests_by_endpoint": {e: statistics.median(r["requests"].get(e, 0) for r in good)
@@ -57,24 +62,31 @@ def ratio_summary(values: list[float]) -> dict | None:
             "pairs": len(values)}
 
 
-def compute(results: dict) -> tuple[dict, dict]:
-    summary = {s: {c: summarize(runs) for c, runs in clients.items()}
-               for s, clients in results.items()}
+def ratios_of(results: dict, us: str, not_peers: tuple[str, ...] = ()) -> dict:
+    """scenario -> peer -> ratio summary of ``us``'s wall time over each peer's,
+    plus ``us`` S2 / S1 and S5 / S3."""
     ratios: dict = {}
     for scenario, clients in results.items():
-        if US not in clients:
+        if us not in clients:
             continue
         for peer, runs in clients.items():
-            if peer != US:
-                r = ratio_summary(pair_ratios(clients[US], runs))
+            if peer != us and peer not in not_peers:
+                r = ratio_summary(pair_ratios(clients[us], runs))
                 if r:
                     ratios.setdefault(scenario, {})[peer] = r
     for a, b in (("S2", "S1"), ("S5", "S3")):
-        if US in results.get(a, {}) and US in results.get(b, {}):
-            r = ratio_summary(pair_ratios(results[a][US], results[b][US]))
+        if us in results.get(a, {}) and us in results.get(b, {}):
+            r = ratio_summary(pair_ratios(results[a][us], results[b][us]))
             if r:
-                ratios.setdefault(a, {})[f"{US} {b}"] = r
-    return summary, ratios
+                ratios.setdefault(a, {})[f"{us} {b}"] = r
+    return ratios
+
+
+def compute(results: dict) -> tuple[dict, dict, dict]:
+    """Summaries; fork mode's ratios to its peers; systemd mode's ratios to every other client."""
+    summary = {s: {c: summarize(runs) for c, runs in clients.items()}
+               for s, clients in results.items()}
+    return summary, ratios_of(results, US, (SYSTEMD,)), ratios_of(results, SYSTEMD)
 
 
 def request_budget(scenario: str, invocations: int) -> int:
@@ -82,11 +94,11 @@ def request_budget(scenario: str, invocations: int) -> int:
     return certs * (2 * names + 5 + 1) + 3 * invocations
 
 
-def check_requests(results: dict) -> tuple[bool | None, str]:
+def check_requests(results: dict, us: str = US) -> tuple[bool | None, str]:
     worst = []
     verdict: bool | None = None
     for scenario in SHAPE:
-        for run in ok_runs(results.get(scenario, {}).get(US, [])):
+        for run in ok_runs(results.get(scenario, {}).get(us, [])):
             req, inv = run["requests"], run["invocations"]
             total = sum(req.values())
             nonces = req.get("HEAD /nonce-plz", 0) + req.get("GET /nonce-plz", 0)
@@ -101,43 +113,48 @@ def median_of(summary: dict, scenario: str, client: str) -> float | None:
     return summary.get(scenario, {}).get(client, {}).get("wall_median")
 
 
-def targets(summary: dict, ratios: dict, results: dict, notes: dict) -> list[dict]:
+def targets(summary: dict, ratios: dict, results: dict, notes: dict, us: str = US) -> list[dict]:
+    """The issue's targets for ``us`` (fork mode, or systemd mode: names get " (systemd)")."""
     def ratio(s: str, peer: str) -> float | None:
         r = ratios.get(s, {}).get(peer)
         return r["median"] if r else None
 
     out = []
+    suffix = " (systemd)" if us == SYSTEMD else ""
+    imports_key = "s4_protocol_imports_systemd" if us == SYSTEMD else "s4_protocol_imports"
 
     def add(name: str, goal: str, value: float | None, met: bool | None, detail: str = "") -> None:
-        out.append({"target": name, "goal": goal,
+        out.append({"target": name + suffix, "goal": goal,
                     "value": None if value is None else round(value, 3),
                     "met": met, "detail": detail})
 
     r = ratio("S1", "acme-tiny")
     add("S1", "ratio to acme-tiny <= 1.0", r, None if r is None else r <= 1.0)
-    r = ratio("S2", f"{US} S1")
+    r = ratio("S2", f"{us} S1")
     add("S2", "<= 1.2 x this project's S1", r, None if r is None else r <= 1.2)
     r = ratio("S3", "lacme-perl")
-    peers = {p: v["median"] for p, v in ratios.get("S3", {}).items()}
+    peers = {p: v["median"] for p, v in ratios.get("S3", {}).items() if p != US}
     below = all(v < 1.0 for v in peers.values()) if peers else None
     add("S3", "<= 0.05 x lacme-perl, and below every peer", r,
         None if r is None else r <= 0.05 and bool(below),
         ", ".join(f"{p} {v:.3f}" for p, v in peers.items()))
     r = ratio("S4", "lacme-perl")
-    s4_requests = [sum(x["requests"].values()) for x in results.get("S4", {}).get(US, [])]
-    imports = notes.get("s4_protocol_imports")
+    s4_requests = [sum(x["requests"].values()) for x in results.get("S4", {}).get(us, [])]
+    imports = notes.get(imports_key)
     quiet = bool(s4_requests) and max(s4_requests) == 0 and imports == []
     add("S4", "ratio to lacme-perl <= 1.0, no request, no protocol module", r,
         None if r is None else r <= 1.0 and quiet,
         f"requests per run {sorted(set(s4_requests))}, protocol modules imported: {imports}")
-    r = ratio("S5", f"{US} S3")
+    r = ratio("S5", f"{us} S3")
     add("S5", "<= 3 x this project's S3", r, None if r is None else r <= 3.0)
-    met, detail = check_requests(results)
+    met, detail = check_requests(results, us)
     add("Requests", "<= 2N+5+1 per certificate + dir, nonce, account once per invocation",
         None, met, "observed/budget: " + detail)
-    mem = summary.get("S3", {}).get(US, {}).get("rss_tree_mb_max")
+    mem = summary.get("S3", {}).get(us, {}).get("rss_tree_mb_max")
+    pss = summary.get("S3", {}).get(us, {}).get("pss_tree_mb_max")
     add("Memory", "four components < 60 MB RSS together in S3", mem,
-        None if mem is None else mem < 60)
+        None if mem is None else mem < 60,
+        "" if not pss else f"summed PSS (shared pages counted once): {pss:.1f} MB")
     return out
 
 
@@ -147,8 +164,33 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def ratio_cell(r: dict | None) -> str:
+    return f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})" if r else ""
+
+
+def cpu_parts_lines(summary: dict, results: dict) -> list[str]:
+    """Where systemd mode's CPU goes: median per part, per scenario."""
+    lines = []
+    for scenario in SCENARIOS:
+        runs = [r for r in ok_runs(results.get(scenario, {}).get(SYSTEMD, [])) if r.get("cpu_parts")]
+        if not runs:
+            continue
+        parts = {k: statistics.median(r["cpu_parts"].get(k, 0.0) for r in runs)
+                 for k in runs[0]["cpu_parts"]}
+        text = ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+        lines.append(f"- {scenario}: {text}")
+    if not lines:
+        return []
+    return ["## lacme-systemd: where the CPU goes (seconds, median per run)", "",
+            "\"commands\" is the master (with nsenter), \"units\" the socket-activated "
+            "services (their cgroup); both make the CPU column.  systemd's PID 1 and journald "
+            "work for the run too, but run all the time: shown, not counted.", ""] + lines + [""]
+
+
 def render(machine: dict, summary: dict, ratios: dict, rates: dict, goals: list[dict],
-           notes: dict) -> str:
+           notes: dict, sd_ratios: dict | None = None, results: dict | None = None) -> str:
+    sd_ratios = sd_ratios or {}
+    with_sd = any(SYSTEMD in clients for clients in summary.values())
     lines = ["# Benchmark results", "",
              f"Date: {machine['date']}. Machine: {machine['cpu']}, {machine['cores']} cores, "
              f"{machine['memory_gb']} GB, {machine['os']}, kernel {machine['kernel']}. "
@@ -159,26 +201,32 @@ def render(machine: dict, summary: dict, ratios: dict, rates: dict, goals: list[
              "", "Wall time in seconds (median, min–max); CPU seconds (median, user+system, "
              "whole process tree); peak RSS in MB (largest process / summed over the live tree, "
              "worst run); ACME requests per run (median, from Pebble's log); ratio = lacme's wall "
-             "time / the peer's, pair by pair, median (min–max).", ""]
+             "time / the peer's, pair by pair, median (min–max)"
+             + ("; lacme-systemd ratio = systemd mode's wall time / the row's (on the lacme row: "
+                "systemd mode over fork mode). lacme-systemd is the same tree in systemd mode "
+                "(socket-activated units in a booted container; benchmarks/README.md)."
+                if with_sd else "."), ""]
     for scenario, title in SCENARIOS.items():
         if scenario not in summary:
             continue
+        extra_head, extra_rule = (" lacme-systemd ratio |", " ---: |") if with_sd else ("", "")
         lines += [f"## {scenario}: {title}", "",
                   "| client | invocations | wall median | min–max | CPU s | RSS largest / tree MB "
-                  "| requests | lacme ratio |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| PSS tree MB | requests | lacme ratio |" + extra_head,
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + extra_rule]
         for client, s in summary[scenario].items():
             if "wall_median" not in s:
-                lines.append(f"| {client} | | all {s['runs']} runs failed | | | | | |")
+                lines.append(f"| {client} | | all {s['runs']} runs failed | | | | | | |"
+                             + (" |" if with_sd else ""))
                 continue
-            r = ratios.get(scenario, {}).get(client)
-            ratio = f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})" if r else ""
+            ratio = ratio_cell(ratios.get(scenario, {}).get(client))
+            sd_ratio = ratio_cell(sd_ratios.get(scenario, {}).get(client))
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
             lines.append(
                 f"| {client}{failed} | {s['invocations']} | {fmt(s['wall_median'])} "
                 f"| {fmt(s['wall_min'])}–{fmt(s['wall_max'])} | {fmt(s['cpu_median'], 2)} "
                 f"| {s['rss_largest_mb_max']:.0f} / {s['rss_tree_mb_max']:.0f} "
-                f"| {s['requests_median']:g} | {ratio} |")
+                f"| {s.get('pss_tree_mb_max', 0):.0f} | {s['requests_median']:g} | {ratio} |" + (f" {sd_ratio} |" if with_sd else ""))
         lines.append("")
     if rates:
         lines += ["## S6: lacme-accountd alone, signatures per second over one connection", "",
@@ -188,6 +236,7 @@ def render(machine: dict, summary: dict, ratios: dict, rates: dict, goals: list[
                 lines.append(f"| {label} | {client} | {statistics.median(values):.0f} "
                              f"| {min(values):.0f}–{max(values):.0f} |")
         lines.append("")
+    lines += cpu_parts_lines(summary, results or {})
     lines += ["## Requests by endpoint (median per run)", ""]
     for scenario in SCENARIOS:
         for client, s in summary.get(scenario, {}).items():
@@ -205,10 +254,14 @@ def render(machine: dict, summary: dict, ratios: dict, rates: dict, goals: list[
 
 
 def write_reports(out: Path, machine: dict, results: dict, rates: dict, notes: dict) -> None:
-    summary, ratios = compute(results)
+    summary, ratios, sd_ratios = compute(results)
     goals = targets(summary, ratios, results, notes)
+    if any(SYSTEMD in clients for clients in results.values()):
+        goals += targets(summary, sd_ratios, results, notes, SYSTEMD)
     out.mkdir(parents=True, exist_ok=True)
     document = {"machine": machine, "notes": notes, "summary": summary, "ratios": ratios,
-                "targets": goals, "accountd_rates": rates, "runs": results}
+                "ratios_systemd": sd_ratios, "targets": goals, "accountd_rates": rates,
+                "runs": results}
     (out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
-    (out / "RESULTS.md").write_text(render(machine, summary, ratios, rates, goals, notes))
+    (out / "RESULTS.md").write_text(render(machine, summary, ratios, rates, goals, notes,
+                                           sd_ratios, results))

@@ -3,7 +3,8 @@
 #
 # Installs the Debian packages of the CA and of every client measured
 # (pebble; the original lacme with its accountd and the RSA module its
-# client needs; acme-tiny, uacme, certbot; util-linux for unshare), then
+# client needs; acme-tiny, uacme, certbot; util-linux for unshare;
+# systemd-container and make for the systemd-mode box), then
 # installs this tree into a virtual environment made with the system's
 # python3 under /opt, where the unprivileged users the components drop to
 # can run it (a per-user Python under a 0700 home is out of their reach).
@@ -15,6 +16,7 @@ VENV=/opt/lacme-bench-venv
 PACKAGES=(
     pebble lacme lacme-accountd libcrypt-openssl-rsa-perl acme-tiny uacme certbot
     python3 python3-venv python3-dev libsystemd-dev pkg-config gcc util-linux mount
+    systemd-container make
 )
 
 die() {

@@ -13,6 +13,11 @@ host every nspawn payload lands in one ``/payload`` cgroup, so the launcher
 first moves into a cgroup of its own; the container shares the host's
 network (Pebble on the loopback is reachable, ports must not collide); /usr
 is the host's, so the installation's /usr/local is bound over it.
+
+``boot_box(base, unified=True)`` gives the box the unified cgroup hierarchy
+(cgroup v2 only, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1) even on a host with the
+hybrid layout: every unit then has a cgroup with cpu.stat under
+``Box.cgroup_tree`` (the benchmark measures the units' CPU there).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Box:
     launcher: subprocess.Popen | None = None
     leader: int = 0
     cgroups: list[Path] = field(default_factory=list)
+    unified: bool = False  # cgroup v2 only inside, even on a hybrid host
 
     @property
     def local(self) -> Path:
@@ -134,6 +140,16 @@ class Box:
             fh.write(text)
         os.chmod(host, mode)
 
+    @property
+    def cgroup_tree(self) -> Path:
+        """The box's root cgroup in the host's cgroup2 hierarchy (the parent of
+        its init.scope): with ``unified``, every unit's cgroup is below it."""
+        for base in self.cgroups:
+            for d in walk_dirs(base):
+                if d.name == "init.scope" and (d / "cpu.stat").exists():
+                    return d.parent
+        raise BoxError("no cgroup2 tree of the box (boot it with unified=True)")
+
     def host_path(self, path: str) -> Path:
         if path == PREFIX or path.startswith(PREFIX + "/"):
             return self.local / path[len(PREFIX):].lstrip("/")
@@ -148,9 +164,12 @@ class Box:
                 f"--bind-ro={self.local}:{PREFIX}", "--console=passive", "-b",
                 "--register=no", "--keep-unit", "-M", self.name]
         cgroups = list(self.cgroups)
+        env = dict(os.environ)
+        if self.unified:
+            env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
         self.launcher = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=lambda: join_cgroups(cgroups),
+            start_new_session=True, preexec_fn=lambda: join_cgroups(cgroups), env=env,
         )
         log.close()
         self.leader = self.wait_leader()
@@ -377,12 +396,13 @@ def unmount_below(root: Path) -> None:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
-def boot_box(base: Path) -> Box:
-    """Build a root under ``base``, install lacme into it and boot it."""
+def boot_box(base: Path, unified: bool = False) -> Box:
+    """Build a root under ``base``, install lacme into it and boot it
+    (``unified``: cgroup v2 only inside the box)."""
     root = base / "root"
     make_root(root)
     install_into(root)
-    instance = Box(root=root, name=f"lacme{uuid.uuid4().hex[:8]}")
+    instance = Box(root=root, name=f"lacme{uuid.uuid4().hex[:8]}", unified=unified)
     (root / PREFIX.lstrip("/")).rename(instance.local)
     (root / PREFIX.lstrip("/")).mkdir()
     try:
