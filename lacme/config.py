@@ -326,6 +326,7 @@ class WebserverSettings(Record):
 
     listen: tuple[ListenAddress, ...] = (ListenAddress("unix", path="/run/lacme-www.socket"),)
     challenge_directory: str | None = None
+    activate: str | None = None  # a socket-activated webserver's UNIX socket
     user: str = "_lacme-www"
     group: str = "nogroup"
     command: tuple[str, ...] = ("lacme-webserver",)
@@ -354,7 +355,8 @@ class MasterConfig(Record):
 
 CLIENT_SETTINGS = ("socket", "user", "group", "command", "connect", "server", "timeout",
                    "SSL_verify", "SSL_version", "SSL_cipher_list", "SSL_ca_file")
-WEBSERVER_SETTINGS = ("listen", "challenge-directory", "user", "group", "command", "iptables")
+WEBSERVER_SETTINGS = ("listen", "challenge-directory", "activate", "user", "group", "command",
+                      "iptables")
 ACCOUNTD_SECTION_SETTINGS = ("user", "group", "command", "config", "privkey", "quiet")
 MASTER_DEFAULT_SETTINGS = ("config-certs", "state-directory")
 
@@ -434,11 +436,20 @@ def validate_webserver(s: Mapping[str, str], source: str, ident: Identity) -> We
         listen=listen,
         challenge_directory=expand_specifiers(directory, ident, loc("challenge-directory"))
         if directory else None,
+        activate=parse_activate(s["activate"], loc("activate"), ident) if s.get("activate") else None,
         user=s.get("user", d.user),
         group=s.get("group", d.group),
         command=parse_command(s["command"], loc("command")) if "command" in s else d.command,
         iptables=parse_bool(s["iptables"], loc("iptables")) if s.get("iptables") else d.iptables,
     )
+
+
+def parse_activate(value: str, where_: str, ident: Identity) -> str:
+    """[webserver] activate: the absolute path of a UNIX socket (%-expanded)."""
+    path = expand_specifiers(value.strip(), ident, where_)
+    if not path.startswith("/"):
+        raise ConfigError(f"{where_}: {value!r} is not an absolute path")
+    return path
 
 
 def validate_accountd_section(s: Mapping[str, str], source: str) -> AccountdSettings:

@@ -379,6 +379,8 @@ class ClientSession:
         if w.challenge_directory:
             self.challenges = ChallengeDirectory.open_shared(w.challenge_directory)
             self.stack.callback(self.challenges.close)
+            if w.activate:
+                activate_webserver(w.activate)
             return
         if not w.listen:
             raise LacmeError("[webserver] listen: empty, and no challenge-directory is set")
@@ -578,6 +580,27 @@ class ClientSession:
                 return f" (killed by signal {-code})" if code < 0 else f" (exit status {code})"
             time.sleep(0.01)
         return ""
+
+
+def activate_webserver(path: str) -> None:
+    """Connect once to a socket-activated webserver's UNIX socket and hang up.
+
+    systemd starts the webserver on that connection, while the order is
+    being created, instead of on the CA's first http-01 fetch, whose answer
+    (and the order's validation) would otherwise wait for the start.  Not
+    fatal: a webserver that cannot be reached here is named, and the CA's
+    fetch decides.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.connect(path)
+        log.debug("[webserver] activate %s: connected", path)
+    except BlockingIOError:
+        pass  # the backlog is full: the webserver has been started already
+    except OSError as exc:
+        log.warning("[webserver] activate %s: %s", path, exc.strerror or exc)
+    finally:
+        sock.close()
 
 
 def connect_accountd(path: str) -> socket.socket:

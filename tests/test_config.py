@@ -137,6 +137,7 @@ SSL_ca_file = %h/ca.pem
 [webserver]
 listen = 127.0.0.1:8080, [::1] /run/www.sock
 challenge-directory = %h/challenges
+activate = %t/www.sock
 iptables = YES
 [accountd]
 command = ssh -T %u@host lacme-accountd
@@ -152,6 +153,7 @@ quiet = no
     assert conf.client.ssl_ca_file == f"{tmp_path}/ca.pem"
     assert [str(a) for a in conf.webserver.listen] == ["127.0.0.1:8080", "[::1]:80", "/run/www.sock"]
     assert conf.webserver.challenge_directory == f"{tmp_path}/challenges"
+    assert conf.webserver.activate == "/run/user/1000/www.sock"
     assert conf.webserver.iptables is True
     assert conf.accountd is not None
     assert conf.accountd.command == ("ssh", "-T", "%u@host", "lacme-accountd")  # raw
@@ -182,6 +184,7 @@ def test_master_socket_override_drops_accountd(tmp_path: Path) -> None:
     ("[webserver]\nlisten = example.org:80\n", " [webserver] listen: ", ["example.org"]),
     ("[webserver]\nlisten =\n", " [webserver] challenge-directory: ", ["required"]),
     ("[webserver]\niptables = 2\n", " [webserver] iptables: ", ["2"]),
+    ("[webserver]\nactivate = www.sock\n", " [webserver] activate: ", ["'www.sock'", "absolute"]),
     ("[accountd]\ncommand = lacme-accountd --x=%y\n", " [accountd] command: ", ["%y"]),
     ("[accountd]\nconfig = %\n", " [accountd] config: ", ["lone %"]),
     ("[accountd]\nprivkey = key.pem\n", " [accountd] privkey: ", ["file:PATH"]),

@@ -292,6 +292,26 @@ def test_revocation_through_systemd_run(scenario: Scenario) -> None:
     assert scenario.pebble.cert_status(serial) == "Revoked"
 
 
+def test_ordering_run_starts_the_webserver_before_any_fetch(scenario: Scenario) -> None:
+    """[webserver] activate (the installed lacme.conf): a run that starts
+    ordering connects to lacme-webserver.socket, so systemd starts the
+    webserver at once.  Here the CA is unreachable, nothing is ever fetched,
+    and the webserver must still have been started by the run."""
+    box = scenario.box
+    assert "activate = /run/lacme-www.socket" in box.host_path("/etc/lacme/lacme.conf").read_text()
+    conf = re.sub(r"(?m)^server = .*$", "server = https://127.0.0.1:1/dir",
+                  box.host_path("/etc/lacme/lacme.conf").read_text())
+    box.write("/etc/lacme/unreachable.conf", conf)
+    box.systemctl("stop", "lacme-webserver.service")
+    cursor = box.cursor()
+    rc, out = lacme(box, "--config=/etc/lacme/unreachable.conf", "newOrder", "--force", "www")
+    assert rc != 0 and "127.0.0.1:1" in out, out
+    started = box.wait_journal(after=cursor, UNIT="lacme-webserver.service",
+                               MESSAGE_ID="39f53479d3a045ac8e11786248231fbf")  # unit started
+    assert started, "the run did not start lacme-webserver.service"
+    box.run("rm", "/etc/lacme/unreachable.conf")
+
+
 def test_missing_account_key_fails_with_one_clear_line(scenario: Scenario) -> None:
     box = scenario.box
     box.host_path("/etc/lacme/account.key").rename(box.host_path("/etc/lacme/account.key.away"))
