@@ -50,9 +50,14 @@ BAD_NONCE = ERROR_NS + "badNonce"
 # a row, whichever requests they answered, end every request of the run.
 MAX_BAD_NONCE_RETRIES = 12
 BAD_NONCE_STORM = 16
-# Concurrent orders share one nonce pool.  When it is empty but a request
-# is in flight, its answer will bring a nonce within one round trip, which
-# is never slower than a HEAD newNonce of our own; wait that long at most.
+# Concurrent orders share one nonce pool; every answer brings a nonce back
+# (RFC 8555 7.2).  With one nonce in circulation only one POST is ever in
+# flight, and the run goes at the CA's round-trip time; so while fewer than
+# NONCES_IN_FLIGHT POSTs are in flight and the pool is empty, a HEAD
+# newNonce puts one more in circulation (a run with several orders fetches
+# at most this many nonces in all).  Beyond that a POST waits for an
+# answer's nonce: within one round trip, or NONCE_WAIT at most.
+NONCES_IN_FLIGHT = 4
 NONCE_WAIT = 1.0
 POLL_FIRST = 0.05  # first poll of an order this soon after the last step
 POLL_FACTOR = 1.5
@@ -157,6 +162,8 @@ def escape_text(text: Any, limit: int = DETAIL_LIMIT) -> str:
     \\uNNNN; the result is cut at ``limit`` characters.
     """
     text = str(text)
+    if text.isprintable() and "\\" not in text:  # nothing to escape (the usual case)
+        return text if len(text) <= limit else text[:limit] + "..."
     out = []
     for ch in text[:limit]:
         code = ord(ch)
@@ -183,7 +190,9 @@ def origin_of(url: Any) -> str:
     ValueError for anything else: another scheme (plain http included),
     user information, control characters or spaces, a bad port.
     """
-    if not isinstance(url, str) or not url or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
+    # printable ASCII without space: 0x21-0x7E
+    if not isinstance(url, str) or not url or not (url.isascii() and url.isprintable()) \
+            or " " in url:
         raise ValueError("not a printable ASCII URL")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() != "https" or not parts.hostname:
@@ -604,7 +613,8 @@ class AcmeSession:
         """
         give_up = time.monotonic() + NONCE_WAIT
         with self._nonce_cond:
-            while not self._nonces and self._in_flight > 0 and not self._cancelled.is_set():
+            while not self._nonces and self._in_flight >= NONCES_IN_FLIGHT \
+                    and not self._cancelled.is_set():
                 wait = min(give_up - time.monotonic(), self.remaining())
                 if wait <= 0:
                     break

@@ -416,6 +416,37 @@ def test_escape_text_leaves_no_control_characters(text):
     assert len(out) <= 4 * acme.DETAIL_LIMIT + 3
 
 
+def _escape_char_by_char(text: str, limit: int) -> str:
+    out = []
+    for ch in text[:limit]:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif ch in "\u2028\u2029":
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append("\\\\" if ch == "\\" else ch)
+    return "".join(out) + ("..." if len(text) > limit else "")
+
+
+@given(st.text(max_size=300), st.integers(min_value=1, max_value=400))
+def test_escape_text_fast_path_escapes_as_the_character_rule(text, limit):
+    # the fast path (printable text, no backslash) must not change a single result
+    assert acme.escape_text(text, limit) == _escape_char_by_char(text, limit)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x2100), max_size=40))
+def test_origin_of_refuses_exactly_non_printable_ascii(tail):
+    url = "https://ca.example/" + tail
+    bad = any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url)
+    try:
+        acme.origin_of(url)
+    except ValueError as exc:
+        assert bad or "printable" not in str(exc)
+    else:
+        assert not bad
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),

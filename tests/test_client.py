@@ -258,7 +258,8 @@ def test_orders_two_sections_issued_concurrently(pebble, challenges, tmp_path, a
     assert not list(challenges.dir.iterdir())  # every token unpublished
 
     counts = pebble.requests_since(offset)
-    assert counts["GET /dir"] == 1 and counts["HEAD /nonce-plz"] == 1
+    # a nonce per concurrent order at most (acme.NONCES_IN_FLIGHT), then answers' nonces
+    assert counts["GET /dir"] == 1 and 1 <= counts["HEAD /nonce-plz"] <= 2
     assert counts["POST /sign-me-up"] == 1  # account looked up once for both orders
     assert counts["POST /order-plz"] == 2 and counts["POST /authZ"] == 3 and counts["POST /chalZ"] == 3
     assert counts["POST /finalize-order"] == 2 and counts["POST /certZ"] == 2

