@@ -469,20 +469,7 @@ def run(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> NoReturn:
     """The program: exits with ``run_program``'s code, without interpreter teardown."""
     code = run_program(argv)
-    exit_now(code)
-
-
-def exit_now(code: int) -> NoReturn:
-    """Flush the logs and exit at once: every connection is closed and the
-    socket removed by now; the interpreter's teardown (modules, daemon
-    threads) would only delay the master, which waits for us."""
-    try:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    os._exit(code)
+    log.exit_now(code)
 
 
 def run_program(argv: list[str] | None = None) -> int:

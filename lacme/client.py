@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import socket
 import sys
 import threading
@@ -740,20 +739,7 @@ def serve_command(command: dict, settings: ClientSettings, signer: AccountdSigne
 def main(argv: list[str] | None = None) -> NoReturn:
     """The program: exits with ``run_program``'s code, without interpreter teardown."""
     code = run_program(argv)
-    exit_now(code)
-
-
-def exit_now(code: int) -> NoReturn:
-    """Flush what we wrote and exit at once.  Everything is sent and closed by
-    now; what ``sys.exit`` would add is the interpreter's teardown (modules,
-    threads, the requests stack: several ms of CPU), which the master waits for."""
-    try:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    os._exit(code)
+    log.exit_now(code)
 
 
 def run_program(argv: list[str] | None = None) -> int:

@@ -35,8 +35,8 @@ import time
 from . import __version__
 from .ari import CertificateFacts, certificate_facts, parse_renewal_info
 from .config import CertSection, MasterConfig, load_cert_sections, load_master_config
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, LacmeError, UsageError
-from .log import setup as setup_logging
+from .errors import EXIT_FAILURE, EXIT_OK, LacmeError, UsageError
+from .log import exit_now, setup as setup_logging
 from .record import Record, replace
 from .renewal import Decision, Lifetime, Window, check_interval, choose_moment, decide, \
     decide_min_days, failed_check_interval
@@ -48,9 +48,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
-    from typing import Any
-
-    from .session import ClientSession
+    from typing import Any, NoReturn
 
 log = logging.getLogger("lacme")
 
@@ -203,19 +201,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return quick_parse(argv) or build_parser().parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``lacme`` program (its console script): ``run_main``'s exit code,
     without the interpreter's teardown.  Everything is written, installed,
     reaped and removed by then; the teardown of the modules a run loaded
     (cryptography among them) would only add tens of ms of CPU."""
-    code = run_main(argv)
-    try:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    os._exit(code)
+    exit_now(run_main(argv))
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:

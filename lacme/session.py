@@ -46,7 +46,7 @@ from .config import AccountdSettings, ListenAddress, MasterConfig
 from .errors import LacmeError, ProtocolError
 from .wire import normalize_origin
 from .jws import b64u_encode
-from .privs import Credentials, clean_environment, drop_privileges, resolve
+from .privs import clean_environment, drop_privileges, resolve
 from .specifiers import Identity, expand
 from .transport import Channel, spawn
 

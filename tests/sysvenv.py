@@ -10,7 +10,6 @@ Dependencies are installed once; the tree itself is reinstalled each session.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 

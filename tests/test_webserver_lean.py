@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from lacme import http01, webserver
 from lacme.errors import UsageError
 from tests.test_webserver import (
-    ARGV, KEYAUTH, TOKEN, Server, challenge, clean_env, listening_tcp, request, spawn_with_fds, stop_pid,
+    KEYAUTH, TOKEN, Server, challenge, clean_env, listening_tcp, request, spawn_with_fds, stop_pid,
 )
 
 HEAVY = ("asyncio", "ssl", "concurrent.futures", "argparse", "email.utils", "dataclasses")
