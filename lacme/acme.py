@@ -891,12 +891,7 @@ class AcmeSession:
     def download_certificate(self, url: str) -> str:
         """POST-as-GET the PEM chain (RFC 8555 7.4.2)."""
         response = self.post(url, None, accept=PEM_CHAIN, limit=MAX_CHAIN_BYTES)
-        text = response.content.decode("ascii", errors="replace")
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            ctype = response.headers.get("Content-Type", "")
-            raise AcmeError(f"{escape_text(url, 200)}: no PEM certificate chain "
-                            f"(Content-Type {escape_text(ctype, 80)})")
-        return text
+        return self._pem_chain(response, url)
 
     def download_certificate_chains(self, url: str, max_alternates: int = 4) -> list[str]:
         """The default PEM chain and its alternates (RFC 8555 7.4.2: ``Link:
