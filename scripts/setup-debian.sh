@@ -19,6 +19,7 @@ PACKAGES=(
     pebble lacme lacme-accountd libcrypt-openssl-rsa-perl
     libsystemd-dev pkg-config systemd-container iptables openssl gnupg
     python3-venv python3-dev python3-pip gcc make iproute2
+    nginx-light apache2 mandoc debootstrap
 )
 
 die() {
@@ -30,8 +31,12 @@ is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]
 }
 
+# The policy is captured first: under pipefail, "apt-cache ... | grep -q"
+# fails when grep exits at its first match and apt-cache dies of SIGPIPE.
 has_candidate() {
-    apt-cache policy "$1" | grep -q '^ *Candidate: [^(]'
+    local policy
+    policy=$(apt-cache policy "$1") || return 1
+    grep '^ *Candidate: [^(]' <<<"$policy" >/dev/null
 }
 
 install_packages() {
