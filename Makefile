@@ -79,7 +79,7 @@ install-units:
 
 install-generator:
 	$(INSTALL) -d $(DESTDIR)$(GENERATORDIR)
-	printf '#!/bin/sh\n# lacme: narrows lacme-renew.service to the certificate paths (lacme/sdgenerator.py)\nexec %s -I -m lacme.sdgenerator "$$@"\n' \
+	printf '#!/bin/sh\n# lacme: narrows lacme-renew.service to the certificate paths (lacme/systemd/generator.py)\nexec %s -I -m lacme.systemd.generator "$$@"\n' \
 		'$(PYEXEC)' > $(DESTDIR)$(GENERATORDIR)/lacme-generator
 	chmod 0755 $(DESTDIR)$(GENERATORDIR)/lacme-generator
 

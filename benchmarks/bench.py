@@ -47,8 +47,8 @@ from tests.pebble import start_pebble  # noqa: E402
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"}
 ADAPTERS = (Lacme, LacmeSystemd, LacmePerl, AcmeTiny, Uacme, Certbot)
-PROTOCOL_MODULES = ("requests", "urllib3", "ssl", "http.client", "cryptography", "lacme.acme",
-                    "lacme.session", "lacme.client", "lacme.jws", "lacme.wire", "lacme.x509")
+PROTOCOL_MODULES = ("requests", "urllib3", "ssl", "http.client", "cryptography", "lacme.client.acme.session",
+                    "lacme.master.run", "lacme.client", "lacme.protocol.jws", "lacme.protocol.wire", "lacme.x509.chain")
 
 
 def log(message: str) -> None:

@@ -24,7 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from lacme import jwk_keys, jws, transport, wire
+from lacme.protocol import jwk_keys, jws, wire
+from lacme.core import descriptors
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNTD = [sys.executable, "-m", "lacme.accountd"]
@@ -456,7 +457,7 @@ def test_gpg_encrypted_key(keydir, tmp_path, private_dir):
 def spawn_ours(args: list[str], fds: list[tuple[int, str]], extra_env: dict[str, str] | None = None) -> int:
     e = env()
     e.update(extra_env or {})
-    return transport.spawn([*ACCOUNTD, *args], fds=fds, env=e)
+    return descriptors.spawn([*ACCOUNTD, *args], fds=fds, env=e)
 
 
 def wait_pid(pid: int) -> int:

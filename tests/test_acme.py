@@ -1,4 +1,4 @@
-"""Tests for lacme.acme: the RFC 8555 session against a real Pebble.
+"""Tests for lacme.client.acme.session: the RFC 8555 session against a real Pebble.
 
 The account key lives in this process (a local Signer over a cryptography
 key; in production it is accountd).  http-01 answers are served by a real
@@ -25,9 +25,10 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme import acme, jwk_keys, jws
-from lacme.acme import AcmeProblemError, AcmeSession, Problem
-from lacme.errors import AcmeError
+from lacme.client.acme import session as acme
+from lacme.protocol import jwk_keys, jws
+from lacme.client.acme.session import AcmeProblemError, AcmeSession, Problem
+from lacme.core.errors import AcmeError
 
 ERR = "urn:ietf:params:acme:error:"
 

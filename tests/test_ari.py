@@ -1,4 +1,4 @@
-"""lacme.ari: RFC 9773 certificate IDs from a DER walk, renewalInfo validation."""
+"""lacme.master.ari: RFC 9773 certificate IDs from a DER walk, renewalInfo validation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme.ari import certificate_facts, parse_renewal_info
+from lacme.master.ari import certificate_facts, parse_renewal_info
 
 ISSUER_KEY = ec.generate_private_key(ec.SECP256R1())
 LEAF_KEY = ec.generate_private_key(ec.SECP256R1())

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from lacme.challenges import LOCK_NAME, ChallengeDirectory
-from lacme.errors import LacmeError
-from lacme.http01 import is_valid_token
+from lacme.master.challenges import LOCK_NAME, ChallengeDirectory
+from lacme.core.errors import LacmeError
+from lacme.protocol.http01 import is_valid_token
 
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
 
@@ -93,7 +93,7 @@ def test_second_run_is_refused_while_first_holds_the_lock(shared):
 
 def test_lock_and_files_left_by_killed_run_are_taken_over(shared):
     # a run killed with SIGKILL: lock file and an answer stay behind
-    code = ("import os, sys; from lacme.challenges import ChallengeDirectory as C; "
+    code = ("import os, sys; from lacme.master.challenges import ChallengeDirectory as C; "
             f"c = C.open_shared({str(shared)!r}); c.publish({TOKEN!r}, 'x'); os._exit(0)")
     subprocess.run([sys.executable, "-c", code], check=True,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})

@@ -1,7 +1,7 @@
 """Tests for lacme-client: the real program, driven over its control channel.
 
 Each test spawns ``python3 -m lacme.client`` with one end of a socketpair as
-its only inherited descriptor (``transport.spawn``, the sd_listen_fds
+its only inherited descriptor (``descriptors.spawn``, the sd_listen_fds
 protocol) and a real ``python3 -m lacme.accountd --stdio`` as its signer,
 whose connection travels in the hello message (SCM_RIGHTS).  The test plays
 the master: it writes published challenge files into a directory that a
@@ -26,7 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lacme import control, jwk_keys, jws, transport
+from lacme.protocol import control, jwk_keys, jws
+from lacme.core import descriptors
 from tests.test_acme import ChallengeServer, KeySigner, issue, make_csr, make_session
 
 TREE_ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,7 @@ def wait_pid(pid: int, timeout: float) -> int:
 class Run:
     """One client process, its accountd, and the test's (master's) end."""
 
-    channel: transport.Channel
+    channel: descriptors.Channel
     client_pid: int
     accountd_pid: int
     stderr_path: Path
@@ -124,7 +125,7 @@ def start(pebble, tmp_path: Path, key_path: Path, *, timeout: float = 20,
     """Spawn accountd and the client, and send hello with the accountd connection."""
     env = environment()
     acc_ours, acc_theirs = socket.socketpair()
-    accountd_pid = transport.spawn(
+    accountd_pid = descriptors.spawn(
         [sys.executable, "-m", "lacme.accountd", "--stdio", f"--privkey=file:{key_path}",
          "--config=/dev/null", "--quiet", *accountd_args],
         stdin=acc_theirs.fileno(), stdout=acc_theirs.fileno(), env=env,
@@ -135,10 +136,10 @@ def start(pebble, tmp_path: Path, key_path: Path, *, timeout: float = 20,
     env["CLIENT_STDERR"] = str(stderr_path)
     # "exec" keeps the pid that LISTEN_PID names; the shell only redirects stderr.
     argv = ["/bin/sh", "-c", 'exec "$0" -m lacme.client "$@" 2>"$CLIENT_STDERR"', sys.executable]
-    client_pid = transport.spawn(argv + (["--debug"] if debug else []),
+    client_pid = descriptors.spawn(argv + (["--debug"] if debug else []),
                                  fds=[(client_end.fileno(), "control")], env=env)
     client_end.close()
-    channel = transport.Channel(master_end)
+    channel = descriptors.Channel(master_end)
     settings = {"server": pebble.directory_url, "timeout": timeout, "SSL_verify": True,
                 "SSL_version": None, "SSL_cipher_list": None, "SSL_ca_file": pebble.tls_ca_file}
     settings.update(overrides)
@@ -430,7 +431,7 @@ def test_hello_without_accountd_connection_exits_1(tmp_path):
     env = environment()
     env["CLIENT_STDERR"] = str(tmp_path / "err")
     argv = ["/bin/sh", "-c", 'exec "$0" -m lacme.client 2>"$CLIENT_STDERR"', sys.executable]
-    pid = transport.spawn(argv, fds=[(client_end.fileno(), "control")], env=env)
+    pid = descriptors.spawn(argv, fds=[(client_end.fileno(), "control")], env=env)
     client_end.close()
     master_end.sendall(control.encode_message("hello", version=1, settings={}, debug=False))
     assert wait_pid(pid, 30) == 1

@@ -1,4 +1,4 @@
-"""Tests of lacme.config: the INI reader, the schemas and their errors."""
+"""Tests of lacme.config.schema: the INI reader, the schemas and their errors."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme.config import (AccountdConfig, CertSection, ListenAddress, load_accountd_config,
-                          load_cert_sections, load_master_config, parse_ini, parse_listen)
-from lacme.errors import ConfigError, SpecifierError
-from lacme.specifiers import Identity
+from lacme.config.schema import (
+    AccountdConfig, CertSection, ListenAddress, load_accountd_config, load_cert_sections,
+    load_master_config, parse_ini, parse_listen,
+)
+from lacme.core.errors import ConfigError, SpecifierError
+from lacme.config.specifiers import Identity
 
 ETC = Path(__file__).resolve().parent.parent / "etc"
 ROOT = Identity(0, 0, "root", "root", "/root", {"HOME": "/root"})
@@ -410,7 +412,7 @@ def test_cert_directory_order_and_precedence(tmp_path: Path, caplog: pytest.LogC
     write(d / "10-a.conf", "min-days = 5\n[www]\nnotify = from-10\ncertificate = /c10\n")
     write(d / "README", "not read\n")
     write(d / "30-c.conf.dpkg-old", "this is not INI\n")
-    with caplog.at_level(logging.DEBUG, logger="lacme.config"):
+    with caplog.at_level(logging.DEBUG, logger="lacme.config.schema"):
         sections = load_cert_sections([main, str(d) + "/", str(tmp_path / "missing.conf")])
     www, mail = sections["www"], sections["mail"]
     assert www.notify == "from-20" and www.certificate == "/c10"
@@ -493,7 +495,7 @@ def test_shipped_files_examples_valid_when_uncommented(tmp_path: Path) -> None:
 import ipaddress  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
-from lacme import config as config_module  # noqa: E402
+from lacme.config import schema as config_module  # noqa: E402
 
 OCTETS = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "007", "", "a", "٣", " 1"]))
 

@@ -29,7 +29,7 @@ if str(TREE_ROOT) not in sys.path:
 
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
-from lacme import jwk_keys, wire  # noqa: E402
+from lacme.protocol import jwk_keys, wire  # noqa: E402
 
 ORIGIN = "https://ca.example:8443"
 KEY = ec.generate_private_key(ec.SECP256R1())

@@ -1,4 +1,4 @@
-"""Tests of lacme.http01: token rule, key authorization, request-head parsing,
+"""Tests of lacme.protocol.http01: token rule, key authorization, request-head parsing,
 routing and response formatting (pure functions, no processes)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme import http01
-from lacme.http01 import BadRequest, RequestHead, parse_request_head, route
+from lacme.protocol import http01
+from lacme.protocol.http01 import BadRequest, RequestHead, parse_request_head, route
 
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 THUMBPRINT = "9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
@@ -352,7 +352,7 @@ def test_import_compiles_no_regular_expression() -> None:
 
     # -S: without site, whose start-up may load re itself
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
-            "import lacme.http01; print('re' in sys.modules, 'dataclasses' in sys.modules)")
+            "import lacme.protocol.http01; print('re' in sys.modules, 'dataclasses' in sys.modules)")
     done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False"]

@@ -1,4 +1,4 @@
-"""Tests for lacme.install: atomic install, mode and owner, notify.
+"""Tests for lacme.master.install: atomic install, mode and owner, notify.
 
 Run as root (owner changes go to the system user ``nobody``).  Atomicity is
 checked with a real writer process racing a reader for a bounded time.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lacme.errors import LacmeError
-from lacme.install import install_file, run_notify
+from lacme.core.errors import LacmeError
+from lacme.master.install import install_file, run_notify
 
 TREE_ROOT = Path(__file__).resolve().parent.parent
 STALE = ".cert.pem.lacme-tmp.0123456789abcdef"
@@ -146,7 +146,7 @@ def test_install_file_replaces_symlink_not_its_target(tmp_path):
 
 WRITER = """
 import sys, time
-from lacme.install import install_file
+from lacme.master.install import install_file
 path, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
 contents = [b"a" * 262144, b"b" * 262144]
 n = 0

@@ -1,5 +1,5 @@
-"""Tests for lacme.jws (base64url, canonical JSON, JWK checks, thumbprints, JWS assembly)
-and lacme.jwk_keys (JWKs of keys, signatures)."""
+"""Tests for lacme.protocol.jws (base64url, canonical JSON, JWK checks, thumbprints, JWS assembly)
+and lacme.protocol.jwk_keys (JWKs of keys, signatures)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme import jwk_keys, jws
+from lacme.protocol import jwk_keys, jws
 
 # RFC 7638 section 3.1
 RFC7638_JWK = {
@@ -184,7 +184,7 @@ def test_flattened_serialization_members():
     assert out == {"protected": "cHJvdA", "payload": "cGF5", "signature": "AP8"}
 
 
-# --- lacme.jws checks JWKs without a key library ------------------------------
+# --- lacme.protocol.jws checks JWKs without a key library ------------------------------
 
 P256 = jws.CURVES["P-256"]
 
@@ -292,10 +292,11 @@ def test_jws_has_no_key_functions():
 @pytest.mark.parametrize(
     "code",
     [
-        "import lacme.client",
-        "import lacme.client, lacme.acme, lacme.wire, lacme.control, lacme.transport, lacme.http01",
+        "import lacme.client.main",
+        "import lacme.client.main, lacme.client.acme.session, lacme.protocol.wire, "
+        "lacme.protocol.control, lacme.core.descriptors, lacme.protocol.http01",
         # what the client does with accountd's greeting and the JWS it posts
-        "from lacme import jws, wire\n"
+        "from lacme.protocol import jws, wire\n"
         "jwk = {'kty': 'EC', 'crv': 'P-256', 'x': 'f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU',"
         " 'y': 'x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0'}\n"
         "line = b'1 OK ' + jws.canonical_json({'alg': 'ES256'}) + b'\\r\\n'\n"

@@ -1,4 +1,4 @@
-"""lacme.record: the value classes that replace dataclasses on the start-up path."""
+"""lacme.core.record: the value classes that replace dataclasses on the start-up path."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from lacme.record import Factory, FrozenInstanceError, Record, fields, replace
+from lacme.core.record import Factory, FrozenInstanceError, Record, fields, replace
 
 
 class Point(Record):

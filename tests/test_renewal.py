@@ -1,4 +1,4 @@
-"""lacme.renewal (the decision rules) and lacme.state (their memory)."""
+"""lacme.master.renewal (the decision rules) and lacme.master.state (their memory)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme import renewal
-from lacme.renewal import DAY, Lifetime, Window, check_interval, choose_moment, decide, \
-    decide_min_days, usable_window
-from lacme.state import Entry, StateStore, default_directory, dump_state, parse_state
+from lacme.master import renewal
+from lacme.master.renewal import (
+    DAY, Lifetime, Window, check_interval, choose_moment, decide, decide_min_days, usable_window,
+)
+from lacme.master.state import Entry, StateStore, default_directory, dump_state, parse_state
 
 T0 = 1_900_000_000.0
 

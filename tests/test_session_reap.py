@@ -1,4 +1,4 @@
-"""How the master stops its children (lacme.session): every child reaped
+"""How the master stops its children (lacme.master.run): every child reaped
 together, a stubborn one terminated then killed, a failed start named."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 
-from lacme.session import _Child, _reap_all
+from lacme.master.run import _Child, _reap_all
 
 
 def spawn(script: str) -> int:

@@ -1,4 +1,4 @@
-"""Tests of lacme.specifiers: the %-specifier table for root and others."""
+"""Tests of lacme.config.specifiers: the %-specifier table for root and others."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme.errors import ConfigError, SpecifierError
-from lacme.specifiers import Identity, check, expand
+from lacme.core.errors import ConfigError, SpecifierError
+from lacme.config.specifiers import Identity, check, expand
 
 ROOT = Identity(0, 0, "root", "root", "/root", {"HOME": "/root", "XDG_RUNTIME_DIR": "/run/user/0",
                                                 "XDG_CONFIG_HOME": "/x/config"})
@@ -119,7 +119,7 @@ def _expand_by_pattern(value: str, ident: Identity) -> str:
     """The reference: every ``%(.?)`` match (DOTALL) replaced in turn."""
     import re
 
-    from lacme.specifiers import _check_char, _expand_one
+    from lacme.config.specifiers import _check_char, _expand_one
 
     def substitute(m: re.Match[str]) -> str:
         _check_char(m.group(1), value)

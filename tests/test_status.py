@@ -1,7 +1,7 @@
 """``lacme status``: text, JSON, Prometheus textfile and an exit status for monitoring.
 
 The real ``lacme`` program in a subprocess, on certificates made here and a
-state file written by lacme.state: status contacts nobody, so no CA runs.
+state file written by lacme.master.state: status contacts nobody, so no CA runs.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lacme.ari import certificate_facts
-from lacme.state import Entry, StateStore
+from lacme.master.ari import certificate_facts
+from lacme.master.state import Entry, StateStore
 from tests.lacmeenv import TREE_ROOT
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -146,5 +146,5 @@ def test_status_unknown_section_is_usage_error(conf):
 
 
 def test_prometheus_label_values_are_escaped():
-    from lacme.status import prometheus_label
+    from lacme.master.status import prometheus_label
     assert prometheus_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'

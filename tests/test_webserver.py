@@ -1,6 +1,6 @@
 """Tests of the lacme-webserver program: the real program as a subprocess,
 over real TCP (127.0.0.1, ::1) and UNIX sockets, bound by itself (--listen)
-or handed over with the sd_listen_fds protocol (lacme.transport.spawn)."""
+or handed over with the sd_listen_fds protocol (lacme.core.descriptors.spawn)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Iterator, Union
 
 import pytest
 
-from lacme import transport
-from lacme.http01 import CHALLENGE_PREFIX
+from lacme.core import descriptors
+from lacme.protocol.http01 import CHALLENGE_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGV = [sys.executable, "-m", "lacme.webserver"]
@@ -166,7 +166,7 @@ def wait_pid(pid: int, timeout: float) -> int | None:
 
 def spawn_with_fds(directory: Path, socks: list[socket.socket], *extra: str, env: dict[str, str] | None = None) -> int:
     argv = [*ARGV, f"--challenge-directory={directory}", *extra]
-    return transport.spawn(argv, fds=[(s.fileno(), "http") for s in socks], env=env or clean_env())
+    return descriptors.spawn(argv, fds=[(s.fileno(), "http") for s in socks], env=env or clean_env())
 
 
 def stop_pid(pid: int) -> int | None:

@@ -1,6 +1,6 @@
 """The webserver stays lean: no asyncio or ssl, loaded at import or while
 serving; the command-line fast path agrees with argparse; dates are RFC 9110
-IMF-fixdates; the plain log format matches lacme.log's."""
+IMF-fixdates; the plain log format matches lacme.core.log's."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme import http01, webserver
-from lacme.errors import UsageError
+from lacme.protocol import http01
+from lacme.webserver import main as webserver
+from lacme.core.errors import UsageError
 from tests.test_webserver import (
     KEYAUTH, TOKEN, Server, challenge, clean_env, listening_tcp, request, spawn_with_fds, stop_pid,
 )
@@ -28,7 +29,7 @@ HEAVY = ("asyncio", "ssl", "concurrent.futures", "argparse", "email.utils", "dat
 # Serve, and on exit report which of HEAVY were ever loaded (modules are never
 # unloaded): on stderr, or into the file named by $REPORT.
 REPORTING_MAIN = (
-    "import os, sys; from lacme.webserver import main; code = main(); "
+    "import os, sys; from lacme.webserver.main import main; code = main(); "
     f"line = 'LOADED ' + str(sorted(m for m in {HEAVY!r} if m in sys.modules)); "
     "report = os.environ.get('REPORT'); "
     "open(report, 'w').write(line) if report else print(line, file=sys.stderr); "
@@ -38,7 +39,7 @@ REPORTING_MAIN = (
 
 def test_import_loads_no_asyncio_or_ssl() -> None:
     done = subprocess.run(
-        [sys.executable, "-c", f"import sys, lacme.webserver; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"],
+        [sys.executable, "-c", f"import sys, lacme.webserver.main; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"],
         env=clean_env(), capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -78,9 +79,9 @@ def test_serving_inherited_socket_with_notify_loads_no_asyncio_or_ssl(challenges
     report = tmp_path / "report"
     argv = [sys.executable, "-c", REPORTING_MAIN, f"--challenge-directory={challenges}"]
     env = clean_env(NOTIFY_SOCKET=str(tmp_path / "notify"), REPORT=str(report))
-    from lacme import transport
+    from lacme.core import descriptors
 
-    pid = transport.spawn(argv, fds=[(sock.fileno(), "http")], env=env)
+    pid = descriptors.spawn(argv, fds=[(sock.fileno(), "http")], env=env)
     try:
         assert notify.recv(4096) == b"READY=1"
         assert request(sock.getsockname(), challenge(TOKEN)).status == 200

@@ -1,4 +1,4 @@
-"""Tests for lacme.wire: the accountd protocol, version 1."""
+"""Tests for lacme.protocol.wire: the accountd protocol, version 1."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme import jwk_keys, jws, wire
-from lacme.errors import ProtocolError
+from lacme.protocol import jwk_keys, jws, wire
+from lacme.core.errors import ProtocolError
 
 RSA_KEY = rsa.generate_private_key(65537, 2048)
 RSA_JWK = jwk_keys.public_jwk(RSA_KEY.public_key())

@@ -1,4 +1,4 @@
-"""Tests for lacme.x509: service keys, CSRs, chain parsing and verification.
+"""Tests for lacme.x509.chain: service keys, CSRs, chain parsing and verification.
 
 A throwaway CA (root -> intermediate -> leaf) is built with cryptography in
 this file; check_issued is run against it with a real CA bundle on disk.
@@ -21,8 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme import x509 as lx
-from lacme.errors import CertificateError, ConfigError, LacmeError
+from lacme.x509 import chain as lx
+from lacme.core.errors import CertificateError, ConfigError, LacmeError
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 DAY = timedelta(days=1)

@@ -1,4 +1,4 @@
-"""Tests for the DER walk of lacme.x509dates and lacme.ari: notAfter read
+"""Tests for the DER walk of lacme.x509.der and lacme.master.ari: notAfter read
 without cryptography, as the master's renewal decision does.
 
 Certificates are generated with cryptography (UTCTime before 2050,
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme.ari import certificate_facts
+from lacme.master.ari import certificate_facts
 
 
 def not_after(data: bytes) -> datetime:
@@ -155,9 +155,9 @@ def test_not_after_mutated_certificate_never_misbehaves(offset, value):
 
 
 def test_import_does_not_load_cryptography():
-    code = ("import sys, lacme.ari as a; "
+    code = ("import sys, lacme.master.ari as a; "
             "assert a.certificate_facts; "
             "print(sorted(m for m in sys.modules if m.startswith(('cryptography', 'lacme'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=TREE_ROOT, capture_output=True,
                          text=True, check=True).stdout
-    assert "cryptography" not in out and "lacme.x509dates" in out
+    assert "cryptography" not in out and "lacme.x509.der" in out

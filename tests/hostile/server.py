@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lacme import jwk_keys, jws
+from lacme.protocol import jwk_keys, jws
 from tests.pebble import write_tls_files
 
 ERR = "urn:ietf:params:acme:error:"

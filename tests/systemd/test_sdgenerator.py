@@ -1,4 +1,4 @@
-"""lacme.sdgenerator on the host: which directories the drop-in opens, its
+"""lacme.systemd.generator on the host: which directories the drop-in opens, its
 syntax, and that a broken configuration opens nothing.  Its run at boot is
 tested in the box (test_systemd_units.py)."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme import sdgenerator
+from lacme.systemd import generator
 from tests.lacmeenv import write_key
 
 
@@ -38,7 +38,7 @@ def test_generate_opens_certificate_dirs_and_challenge_dir(tmp_path: Path) -> No
     certs = (section(tmp_path, "www", certificate="/srv/certs/www/cert.pem",
                      **{"certificate-chain": "/etc/ssl/www/chain.pem"})
              + section(tmp_path, "mail", **{"certificate-chain": "/srv/certs/mail/chain.pem"}))
-    assert sdgenerator.generate(str(write_config(tmp_path, certs)), str(tmp_path / "out"))
+    assert generator.generate(str(write_config(tmp_path, certs)), str(tmp_path / "out"))
     lines = dropin(tmp_path).read_text().splitlines()
     assert "[Service]" in lines
     assert [l for l in lines if l.startswith("ReadWritePaths=")] == [
@@ -49,21 +49,21 @@ def test_generate_opens_certificate_dirs_and_challenge_dir(tmp_path: Path) -> No
 def test_generate_writes_nothing_on_config_error(tmp_path: Path) -> None:
     conf = write_config(tmp_path, "[www]\ncertificate = /srv/x.pem\nbogus = 1\n")
     logged: list[str] = []
-    assert sdgenerator.generate(str(conf), str(tmp_path / "out"), logged.append) is False
+    assert generator.generate(str(conf), str(tmp_path / "out"), logged.append) is False
     assert not (tmp_path / "out").exists()
     assert len(logged) == 1 and "lacme-certs.conf" in logged[0] and "\n" not in logged[0]
 
 
 def test_generate_writes_nothing_without_config(tmp_path: Path) -> None:
     logged: list[str] = []
-    assert sdgenerator.generate(str(tmp_path / "missing.conf"), str(tmp_path / "out"),
+    assert generator.generate(str(tmp_path / "missing.conf"), str(tmp_path / "out"),
                                 logged.append) is False
     assert logged == []
     assert not (tmp_path / "out").exists()
 
 
 def test_main_usage_error_without_directories() -> None:
-    assert sdgenerator.main([]) == 2
+    assert generator.main([]) == 2
 
 
 @pytest.mark.parametrize("path,word", [
@@ -71,12 +71,12 @@ def test_main_usage_error_without_directories() -> None:
     ('/srv/q"x', '"/srv/q\\"x"'), ("/srv/back\\slash", '"/srv/back\\\\slash"'),
 ])
 def test_quote_path_escapes_specifiers_and_spaces(path: str, word: str) -> None:
-    assert sdgenerator.quote_path(path) == word
+    assert generator.quote_path(path) == word
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1))
 def test_quote_path_is_one_word(path: str) -> None:
-    word = sdgenerator.quote_path("/" + path)
+    word = generator.quote_path("/" + path)
     unquoted = word[1:-1] if word.startswith('"') else word
     assert "%" not in unquoted.replace("%%", "")
     assert not any(c.isspace() for c in word) or (word[0] == word[-1] == '"')

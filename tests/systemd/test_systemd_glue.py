@@ -1,4 +1,4 @@
-"""lacme.systemd_glue on the host: escaping checked against systemd-escape,
+"""lacme.systemd.glue on the host: escaping checked against systemd-escape,
 sd_notify against a real datagram socket, the transaction command line."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme import systemd_glue
+from lacme.systemd import glue
 
 MESSAGE_IDS = [v for k, v in vars(systemd_glue).items() if k.startswith("MESSAGE_ID_")]
 
@@ -27,7 +27,7 @@ def systemd_escape(*names: str) -> list[str]:
 @given(st.lists(st.text(min_size=1, max_size=20).filter(lambda s: "\x00" not in s),
                 min_size=1, max_size=20))
 def test_escape_instance_matches_systemd_escape(names: list[str]) -> None:
-    assert [systemd_glue.escape_instance(n) for n in names] == systemd_escape(*names)
+    assert [glue.escape_instance(n) for n in names] == systemd_escape(*names)
 
 
 @pytest.mark.parametrize("name,escaped", [
@@ -35,19 +35,19 @@ def test_escape_instance_matches_systemd_escape(names: list[str]) -> None:
     ("a/b", "a-b"), ("é", "\\xc3\\xa9"), ("a.b_c:d", "a.b_c:d"), ("sp ace", "sp\\x20ace"),
 ])
 def test_escape_instance_known_values(name: str, escaped: str) -> None:
-    assert systemd_glue.escape_instance(name) == escaped
+    assert glue.escape_instance(name) == escaped
 
 
 def test_notify_unit_name_rejects_empty_and_too_long() -> None:
-    assert systemd_glue.notify_unit_name("www") == "lacme-notify@www.service"
+    assert glue.notify_unit_name("www") == "lacme-notify@www.service"
     with pytest.raises(ValueError):
-        systemd_glue.notify_unit_name("")
+        glue.notify_unit_name("")
     with pytest.raises(ValueError):
-        systemd_glue.notify_unit_name("-" * 100)  # 400 characters once escaped
+        glue.notify_unit_name("-" * 100)  # 400 characters once escaped
 
 
 def test_transaction_argv_requires_and_orders_every_unit_once() -> None:
-    argv = systemd_glue.transaction_argv(["lacme-notify@a.service", "lacme-notify@b\\x2d1.service"],
+    argv = glue.transaction_argv(["lacme-notify@a.service", "lacme-notify@b\\x2d1.service"],
                                          "abc")
     assert argv[0] == "systemd-run" and "--wait" in argv and argv[-1] == "/bin/true"
     deps = "lacme-notify@a.service lacme-notify@b\\\\x2d1.service"
@@ -63,8 +63,8 @@ def test_message_ids_distinct_128_bit_hex() -> None:
 
 def test_notify_without_socket_is_a_noop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert systemd_glue.notify_ready() is False
-    assert systemd_glue.notify_status("x") is False
+    assert glue.notify_ready() is False
+    assert glue.notify_status("x") is False
 
 
 def test_notify_ready_and_status_reach_the_socket(tmp_path: Path,
@@ -74,7 +74,7 @@ def test_notify_ready_and_status_reach_the_socket(tmp_path: Path,
         server.bind(os.fspath(path))
         server.settimeout(5)
         monkeypatch.setenv("NOTIFY_SOCKET", os.fspath(path))
-        assert systemd_glue.notify_ready() is True
+        assert glue.notify_ready() is True
         assert server.recv(4096) == b"READY=1"
-        assert systemd_glue.notify_status("renewing [www]\nnow") is True
+        assert glue.notify_status("renewing [www]\nnow") is True
         assert server.recv(4096) == b"STATUS=renewing [www] now"

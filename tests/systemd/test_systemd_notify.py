@@ -1,4 +1,4 @@
-"""lacme.systemd_glue.start_notify_units against the real systemd of the box:
+"""lacme.systemd.glue.start_notify_units against the real systemd of the box:
 drop-ins run once per section, reloads wanted by several sections merge into
 one, failures are counted.  Independent of the ACME programs."""
 
@@ -42,7 +42,7 @@ ExecStart=/bin/sh -c 'echo "%I" >> {LOG}/notify.log'
 def start_notify_units(box: Box, *sections: str) -> int:
     code = ("import logging, sys; from systemd.journal import JournalHandler; "
             "logging.getLogger().addHandler(JournalHandler()); "
-            "from lacme.systemd_glue import start_notify_units; "
+            "from lacme.systemd.glue import start_notify_units; "
             "sys.exit(start_notify_units(sys.argv[1:]))")
     return box.run(f"{VENV}/bin/python", "-c", code, *sections, check=False).returncode
 

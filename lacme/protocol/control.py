@@ -1,0 +1,67 @@
+"""The control channel between the master and the ACME client.
+
+Pure: messages in, bytes out, and back.  The channel is a UNIX stream socket
+(a socketpair in fork mode, a socket-activated connection under systemd);
+each message is one JSON object on one line.  The first message from the
+master (``hello``) carries the accountd connection as SCM_RIGHTS.
+
+Master -> client
+    hello    {"version": 1, "settings": {...[client] settings...}, "debug": bool}
+    account  {"register", "tos_agreed", "deactivate": bool, "contact": [str] | null}
+    orders   {"orders": [{"id": str, "identifiers": [{"type", "value"}], "csr": b64url(DER),
+                          "replaces": str?, "profile": str?, "alternates": bool?}]}
+             replaces: RFC 9773 certificate ID (the order is retried once without
+             it when refused); alternates: send the alternate chains too
+    renewal_info {"certificates": [{"id": str, "cert_id": str}]}   RFC 9773 4.1
+    revoke   {"certificates": [{"id": str, "der": b64url(DER), "jwk_thumbprint": str}],
+              "reason": int | null}
+    published {"token": str, "ok": bool, "message": str}   (answer to publish)
+
+Client -> master
+    publish    {"token": str, "content": str}   master writes the challenge file
+    unpublish  {"token": str}                   master removes it
+    account    {"account": {...}, "location": str}
+    certificate {"id": str, "pem": str, "alternates": [str]?, "replaces_dropped": str?}
+    renewal_info {"id": str, "supported": bool, "info": {...}?, "retry_after": float?}
+                                                the raw renewalInfo object, validated by
+                                                the master (lacme.master.ari)
+    revoked    {"id": str}
+    failed     {"id": str, "message": str}      one order or revocation failed
+    error      {"message": str}                 the whole command failed
+    done       {}                               the command is finished
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lacme.core.errors import ProtocolError
+
+VERSION = 1
+MAX_LINE = 1 << 20  # a certificate chain fits many times over
+
+MASTER_TYPES = frozenset({"hello", "account", "orders", "revoke", "renewal_info", "published"})
+CLIENT_TYPES = frozenset(
+    {"publish", "unpublish", "account", "certificate", "revoked", "renewal_info", "failed",
+     "error", "done"}
+)
+
+
+def encode_message(kind: str, **fields: Any) -> bytes:
+    """One message as a line of JSON."""
+    return json.dumps({"type": kind, **fields}, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_message(line: bytes, allowed: frozenset[str]) -> dict[str, Any]:
+    """Parse one line; the ``type`` must be one of ``allowed``."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError("control channel: message too long")
+    try:
+        msg = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"control channel: malformed message ({exc})") from None
+    if not isinstance(msg, dict) or msg.get("type") not in allowed:
+        kind = msg.get("type") if isinstance(msg, dict) else type(msg).__name__
+        raise ProtocolError(f"control channel: unexpected message {kind!r}")
+    return msg

@@ -1,0 +1,266 @@
+"""The lacme-accountd wire protocol, version 1, as pure bytes-in, values-out functions.
+
+Spoken between lacme-accountd (which holds the account key) and the
+unprivileged ACME client, over a UNIX socket, a socket pair or ssh; byte
+compatible with Debian's lacme-accountd 0.8.2.  No I/O here.
+
+    server: "1 OK " JSON {alg, jwk-thumbprint[, kid]} CRLF
+            canonical JWK CRLF                 ("{}" when a key id is set)
+    client: b64u(protected) "." b64u(payload) CRLF     (one per request)
+    server: b64u(signature) CRLF               (or closes the connection)
+
+The server signs the request line itself, the JWS signing input of RFC 7515
+section 5.1.  ``parse_sign_request`` is what stands between the client and
+the account key: it accepts only well-formed RFC 8555 section 6.2 protected
+headers for this key, optionally pinned to the CA's origin (RFC 6454).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from lacme.protocol import jws
+from lacme.core.errors import ProtocolError
+from lacme.core.record import Record
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 64 * 1024  # octets, CRLF included
+CRLF = b"\r\n"
+
+ALGORITHMS = {"RS256": ("RSA", None), "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384")}
+HEADER_MEMBERS = frozenset({"alg", "nonce", "url", "jwk", "kid"})
+
+_GREETING = re.compile(rb"(\d+) OK(?: ([^\r\n]*))?\r\n\Z")
+_REQUEST = re.compile(rb"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)\r\n\Z")
+_URL_CHARS = re.compile(r"[\x21-\x7e]+\Z")
+
+
+class Greeting(Record):
+    """What accountd announces on connect: the key's alg, thumbprint, key id, JWK."""
+
+    alg: str
+    jwk_thumbprint: str
+    kid: str | None
+    jwk: dict  # {} when kid is set
+
+
+class SignRequest(NamedTuple):
+    """An accepted request: the octets to sign and what they say (one per
+    signature: a tuple is the cheapest record to build)."""
+
+    signing_input: bytes  # the line without CRLF
+    header: dict
+    payload: bytes  # decoded; b"" for POST-as-GET
+
+
+class Refused(Exception):
+    """A request accountd does not sign; ``reason`` is for the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def encode_greeting(g: Greeting) -> bytes:
+    """The two greeting lines."""
+    extra: dict[str, str] = {"alg": g.alg, "jwk-thumbprint": g.jwk_thumbprint}
+    if g.kid is not None:
+        extra["kid"] = g.kid
+    jwk = b"{}" if g.kid is not None else jws.canonical_json(g.jwk)
+    return b"%d OK " % PROTOCOL_VERSION + jws.canonical_json(extra) + CRLF + jwk + CRLF
+
+
+def parse_greeting(first_line: bytes, jwk_line: bytes) -> Greeting:
+    """Decode and check both greeting lines (CRLF included); ProtocolError on anything odd.
+
+    As the original client does, a missing thumbprint is computed from the
+    JWK and a missing alg means RS256.
+    """
+    match = _GREETING.match(first_line)
+    if not match:
+        raise ProtocolError(f"accountd: malformed greeting {_show(first_line)}")
+    if int(match.group(1)) != PROTOCOL_VERSION:
+        raise ProtocolError(f"accountd: unsupported protocol version {match.group(1).decode()}")
+    extra = _decode_object(match.group(2) or b"{}", "accountd: greeting", ProtocolError)
+    jwk = _decode_object(_strip_crlf(jwk_line, ProtocolError, "accountd: JWK line"), "accountd: JWK", ProtocolError)
+    alg = _optional_str(extra, "alg") or "RS256"
+    kid = _optional_str(extra, "kid") or None
+    thumbprint = _optional_str(extra, "jwk-thumbprint")
+    if alg not in ALGORITHMS:
+        raise ProtocolError(f"accountd: unsupported alg {alg!r}")
+    if jwk:
+        _check_jwk(jwk, alg)
+        computed = jws.jwk_thumbprint(jwk)
+        if thumbprint is not None and thumbprint != computed:
+            raise ProtocolError("accountd: jwk-thumbprint does not match the JWK")
+        thumbprint = computed
+    elif kid is None:
+        raise ProtocolError("accountd: empty JWK and no kid")
+    if not thumbprint:
+        raise ProtocolError("accountd: no jwk-thumbprint")
+    return Greeting(alg=alg, jwk_thumbprint=thumbprint, kid=kid, jwk=jwk)
+
+
+def _check_jwk(jwk: dict, alg: str) -> None:
+    kty, crv = ALGORITHMS[alg]
+    if jwk.get("kty") != kty or (crv is not None and jwk.get("crv") != crv):
+        raise ProtocolError(f"accountd: JWK does not fit alg {alg}")
+    try:
+        jws.public_jwk_alg(jwk)  # a usable key, checked without loading a key library
+    except ValueError as exc:
+        raise ProtocolError(f"accountd: {exc}") from None
+
+
+def encode_sign_request(signing_input: str) -> bytes:
+    """The request line for a signing input made by ``jws.signing_input``."""
+    return signing_input.encode("ascii") + CRLF
+
+
+def parse_sign_request(
+    line: bytes, *, alg: str, jwk: dict, kid: str | None, origin: str | None
+) -> SignRequest:
+    """Accept ``line`` (CRLF included) for signing, or raise Refused.
+
+    Accepted: two base64url parts; a protected header that is a JSON object
+    with only RFC 8555 6.2 members, ``alg`` equal to the key's, a non-empty
+    string ``nonce`` and ``url``, and exactly one of ``jwk`` (equal to the
+    served JWK) or ``kid`` (a string; the configured one when ``kid`` is set,
+    in which case ``jwk`` is refused); a payload that is empty (POST-as-GET)
+    or a JSON object.  With ``origin`` (scheme://host[:port]) the url must be
+    https and on that origin exactly.
+    """
+    if len(line) > MAX_LINE:
+        raise Refused(f"request longer than {MAX_LINE} octets")
+    match = _REQUEST.match(line)
+    if not match:
+        raise Refused("not a JWS signing input (b64u.b64u CRLF)")
+    header_raw = _b64u(match.group(1), "protected header")
+    payload = _b64u(match.group(2), "payload")
+    header = _decode_object(header_raw, "protected header", Refused)
+    _check_header(header, alg=alg, jwk=jwk, kid=kid, origin=origin)
+    if payload:
+        _decode_object(payload, "payload", Refused)
+    return SignRequest(signing_input=line[:-2], header=header, payload=payload)
+
+
+def _check_header(header: dict, *, alg: str, jwk: dict, kid: str | None, origin: str | None) -> None:
+    unexpected = sorted(set(header) - HEADER_MEMBERS)
+    if unexpected:
+        raise Refused(f"protected header: unexpected member {unexpected[0]!r}")
+    if header.get("alg") != alg:
+        raise Refused(f"protected header: alg {header.get('alg')!r} is not {alg}")
+    for name in ("nonce", "url"):
+        if not isinstance(header.get(name), str) or not header[name]:
+            raise Refused(f"protected header: {name} missing or not a non-empty string")
+    if ("jwk" in header) == ("kid" in header):
+        raise Refused("protected header: needs exactly one of jwk and kid")
+    if "jwk" in header:
+        if kid is not None:
+            raise Refused("protected header: jwk refused, a key id is configured")
+        if header["jwk"] != jwk:
+            raise Refused("protected header: jwk is not this account key")
+    else:
+        if not isinstance(header["kid"], str) or not header["kid"]:
+            raise Refused("protected header: kid is not a non-empty string")
+        if kid is not None and header["kid"] != kid:
+            raise Refused("protected header: kid is not the configured key id")
+    if origin is not None:
+        _check_origin(header["url"], origin)
+
+
+def _check_origin(url: str, origin: str) -> None:
+    try:
+        pinned = normalize_origin(origin)
+        actual = normalize_origin(url)
+    except ValueError as exc:
+        raise Refused(f"protected header: url: {exc}") from None
+    if actual != pinned:
+        raise Refused(f"protected header: url {url!r} is not on {pinned}")
+
+
+def normalize_origin(url: str) -> str:
+    """``https://host[:port]`` of an https URL, host in lower case, default port dropped.
+
+    ValueError for anything but an absolute https URL without user info.
+    """
+    if not isinstance(url, str) or not _URL_CHARS.match(url):
+        raise ValueError("not a printable ASCII URL")
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        raise ValueError(f"{url!r} is not an https URL")
+    if "@" in parts.netloc:
+        raise ValueError(f"{url!r} has user information")
+    port = parts.port  # ValueError when not a number in range
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}" if port in (None, 443) else f"https://{host}:{port}"
+
+
+def encode_signature(sig: bytes) -> bytes:
+    """The answer line carrying a signature."""
+    return jws.b64u_encode(sig).encode("ascii") + CRLF
+
+
+def parse_signature(line: bytes) -> bytes:
+    """The signature in an answer line (CRLF included); ProtocolError if malformed."""
+    body = _strip_crlf(line, ProtocolError, "accountd: signature line")
+    try:
+        sig = jws.b64u_decode(body)
+    except ValueError:
+        raise ProtocolError(f"accountd: malformed signature line {_show(line)}") from None
+    if not sig:
+        raise ProtocolError("accountd: empty signature")
+    return sig
+
+
+def _strip_crlf(line: bytes, error: type[Exception], what: str) -> bytes:
+    if not line.endswith(CRLF) or b"\n" in line[:-2] or b"\r" in line[:-2]:
+        raise error(f"{what}: not one CRLF-terminated line")
+    return line[:-2]
+
+
+def _b64u(part: bytes, what: str) -> bytes:
+    try:
+        return jws.b64u_decode(part)
+    except ValueError as exc:
+        raise Refused(f"{what}: {exc}") from None
+
+
+def _decode_object(raw: bytes, what: str, error: type[Exception]) -> dict:
+    """Strict JSON object: UTF-8, no duplicate members, no NaN/Infinity."""
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error(f"{what}: invalid JSON ({_first_line(exc)})") from None
+    if not isinstance(value, dict):
+        raise error(f"{what}: not a JSON object")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member")
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _optional_str(obj: dict, name: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"accountd: greeting {name} is not a string")
+    return value
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _show(line: bytes, limit: int = 80) -> str:
+    """A short, printable rendering of peer input for error messages."""
+    return repr(line[:limit]) + ("..." if len(line) > limit else "")
