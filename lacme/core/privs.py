@@ -61,8 +61,8 @@ def drop_privileges(creds: Credentials) -> None:
 
 def verify_dropped(creds: Credentials) -> None:
     """Check that the drop took and cannot be undone."""
-    if creds.gid is not None:
-        if os.getresgid() != (creds.gid,) * 3 or set(os.getgroups()) - {creds.gid}:
+    if creds.gid is not None and (os.getresgid() != (creds.gid,) * 3
+                                  or set(os.getgroups()) - {creds.gid}):
             raise PrivilegeError(f"could not drop to group {creds.group}")
     if creds.uid is not None:
         if os.getresuid() != (creds.uid,) * 3:

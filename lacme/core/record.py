@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar, dataclass_transform
 
     R = TypeVar("R", bound="Record")
+    _T = TypeVar("_T")
 else:
     def dataclass_transform(**_kwargs: object) -> object:
         return lambda cls: cls
@@ -34,13 +35,21 @@ class FrozenInstanceError(AttributeError):
     """Assignment to a field of a frozen record."""
 
 
-class Factory:
-    """A default made afresh for each instance: ``environ: dict = Factory(dict)``."""
+class _Factory:
+    """A default made afresh for each instance (see ``Factory``)."""
 
     __slots__ = ("make",)
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self.make = make
+
+
+def Factory(make: Callable[[], _T]) -> _T:
+    """A default made afresh for each instance: ``environ: dict = Factory(dict)``.
+
+    Typed as returning what ``make`` returns, so that a type checker accepts
+    it as the field's default; the instance holds the marker instead."""
+    return _Factory(make)  # type: ignore[return-value]  # the marker stands in for the value
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=())
@@ -53,7 +62,8 @@ class Record:
 
     def __init_subclass__(cls, frozen: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        own = [name for name, kind in cls.__dict__.get("__annotations__", {}).items()
+        # the class's own annotations; inspect.get_annotations would import inspect
+        own = [name for name, kind in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063
                if not str(kind).startswith(("ClassVar", "typing.ClassVar"))]
         fields = tuple(dict.fromkeys((*cls._fields, *own)))
         defaults = dict(cls._defaults)
@@ -70,7 +80,7 @@ class Record:
                 raise TypeError(f"{cls.__name__}: field {name!r} without a default "
                                 "follows one with a default")
         cls._fields, cls._defaults, cls._frozen = fields, defaults, frozen
-        cls.__match_args__ = fields
+        setattr(cls, "__match_args__", fields)  # noqa: B010 - the field names are known only here
         if "__hash__" not in cls.__dict__:
             cls.__hash__ = Record._hash if frozen else None  # type: ignore[assignment]
 
@@ -79,7 +89,7 @@ class Record:
         if len(args) > len(fields):
             raise TypeError(f"{name}() takes {len(fields)} positional arguments "
                             f"but {len(args)} were given")
-        values = dict(zip(fields, args))
+        values = dict(zip(fields, args, strict=False))  # fewer arguments than fields: defaults
         for key, value in kwargs.items():
             if key in values:
                 raise TypeError(f"{name}() got multiple values for argument {key!r}")
@@ -98,7 +108,7 @@ class Record:
                 default = defaults.get(field, _MISSING)
                 if default is _MISSING:
                     raise TypeError(f"{name}() missing required argument: {field!r}")
-                values[field] = default.make() if type(default) is Factory else default
+                values[field] = default.make() if type(default) is _Factory else default
         return values
 
     @classmethod
@@ -115,7 +125,7 @@ class Record:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
+        return self._values() == other._values()
 
     def _hash(self) -> int:
         return hash(self._values())

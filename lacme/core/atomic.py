@@ -1,0 +1,118 @@
+"""Atomic file replacement: the one way lacme writes a file that others read.
+
+The data goes to a new temporary file in the destination's directory
+(``.<name>.lacme-tmp.<random>``, 0600, created with O_EXCL and never through
+a symlink), gets its mode and then its owner, is flushed to disk, and is
+renamed over the destination; the directory is flushed last.  rename(2)
+within a directory is atomic, so a reader sees the old file or the new one,
+never a part, and a crash at any point leaves one of them.  A failure
+removes the temporary and leaves the destination byte for byte; temporaries
+of a killed run are removed by the next replacement of the same file.
+
+Used by the master (certificates, the renewal state, the Prometheus
+textfile) and the systemd generator (its drop-in).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+
+from lacme.core.errors import LacmeError
+
+TEMP_MARK = ".lacme-tmp."
+TEMP_RANDOM = re.compile(r"[0-9a-f]{16}")
+CREATE_ATTEMPTS = 8
+
+
+def temp_prefix(basename: str) -> str:
+    """Prefix of the temporaries of ``basename``: ``.<basename>.lacme-tmp.``"""
+    return f".{basename}{TEMP_MARK}"
+
+
+def describe(error: OSError) -> str:
+    """An OSError as a short lower-case reason."""
+    reason = error.strerror or str(error)
+    return reason[:1].lower() + reason[1:]
+
+
+def remove_stale_temporaries(dir_fd: int, basename: str) -> None:
+    """Unlink ``.<basename>.lacme-tmp.<random>`` left behind by a killed run."""
+    prefix = temp_prefix(basename)
+    for entry in os.scandir(dir_fd):
+        suffix = entry.name[len(prefix):]
+        if (entry.name.startswith(prefix) and TEMP_RANDOM.fullmatch(suffix)
+                and not entry.is_dir(follow_symlinks=False)):
+            try:
+                os.unlink(entry.name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+
+
+def create_temporary(dir_fd: int, basename: str) -> tuple[str, int]:
+    """Create a new temporary (0600, never through a symlink); (name, fd)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(CREATE_ATTEMPTS):
+        name = temp_prefix(basename) + secrets.token_hex(8)
+        try:
+            return name, os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name after {CREATE_ATTEMPTS} attempts")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def fill_temporary(fd: int, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Content, then mode before owner, then flush it all to disk."""
+    write_all(fd, data)
+    # chmod before chown: the file changes hands only once its mode is final.
+    os.fchmod(fd, mode)
+    if uid != -1 or gid != -1:
+        os.fchown(fd, uid, gid)
+    os.fsync(fd)
+
+
+def replace_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """Atomically replace ``path`` with ``data`` (``uid``/``gid`` -1: unchanged).
+
+    On any failure the temporary is gone, ``path`` is untouched and a
+    LacmeError ``"PATH: reason"`` is raised."""
+    directory, basename = os.path.split(path)
+    if not basename:
+        raise LacmeError(f"{path}: not a file name")
+    try:
+        dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LacmeError(f"{path}: directory: {describe(e)}") from None
+    try:
+        replace_in(dir_fd, basename, data, mode, uid, gid)
+    except OSError as e:
+        raise LacmeError(f"{path}: {describe(e)}") from None
+    finally:
+        os.close(dir_fd)
+
+
+def replace_in(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """The replacement proper, relative to an open directory."""
+    remove_stale_temporaries(dir_fd, basename)
+    name, fd = create_temporary(dir_fd, basename)
+    try:
+        try:
+            fill_temporary(fd, data, mode, uid, gid)
+        finally:
+            os.close(fd)
+        os.rename(name, basename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    os.fsync(dir_fd)
