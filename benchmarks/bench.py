@@ -37,11 +37,22 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from accountd_rate import measure_rate  # noqa: E402
-from clients import (PERL_ACCOUNTD, AcmeTiny, Adapter, Certbot, Context, Lacme, LacmePerl,  # noqa: E402
-                     Uacme, clean_env, unique_names)
+from clients import (  # noqa: E402
+    PERL_ACCOUNTD,
+    AcmeTiny,
+    Adapter,
+    Certbot,
+    Context,
+    Lacme,
+    LacmePerl,
+    Uacme,
+    clean_env,
+    unique_names,
+)
 from measure import Command, become_subreaper, run_commands  # noqa: E402
 from report import SYSTEMD, write_reports  # noqa: E402
 from systemd_mode import LacmeSystemd  # noqa: E402
+
 from tests.pebble import start_pebble  # noqa: E402
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

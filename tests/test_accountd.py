@@ -24,8 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from lacme.protocol import jwk_keys, jws, wire
 from lacme.core import descriptors
+from lacme.protocol import jwk_keys, jws, wire
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNTD = [sys.executable, "-m", "lacme.accountd"]

@@ -26,9 +26,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lacme.client.acme import session as acme
-from lacme.protocol import jwk_keys, jws
 from lacme.client.acme.session import AcmeProblemError, AcmeSession, Problem
 from lacme.core.errors import AcmeError
+from lacme.protocol import jwk_keys, jws
 
 ERR = "urn:ietf:params:acme:error:"
 
@@ -340,8 +340,9 @@ def test_ssl_version_accepted_values_connect(pebble, version):
 
 def test_ssl_version_pinned_above_server_fails(tmp_path):
     # A TLS 1.2-only server: a client pinned to TLSv1_3 cannot talk to it.
-    from tests.pebble import write_tls_files
     import ssl
+
+    from tests.pebble import write_tls_files
     ca, cert, key = write_tls_files(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.maximum_version = ssl.TLSVersion.TLSv1_2

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from lacme.master.challenges import LOCK_NAME, ChallengeDirectory
 from lacme.core.errors import LacmeError
+from lacme.master.challenges import LOCK_NAME, ChallengeDirectory
 from lacme.protocol.http01 import is_valid_token
 
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"

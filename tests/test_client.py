@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lacme.protocol import control, jwk_keys, jws
 from lacme.core import descriptors
+from lacme.protocol import control, jwk_keys, jws
 from tests.test_acme import ChallengeServer, KeySigner, issue, make_csr, make_session
 
 TREE_ROOT = Path(__file__).resolve().parent.parent

@@ -12,11 +12,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lacme.config.schema import (
-    AccountdConfig, CertSection, ListenAddress, load_accountd_config, load_cert_sections,
-    load_master_config, parse_ini, parse_listen,
+    AccountdConfig,
+    CertSection,
+    ListenAddress,
+    load_accountd_config,
+    load_cert_sections,
+    load_master_config,
+    parse_ini,
+    parse_listen,
 )
-from lacme.core.errors import ConfigError, SpecifierError
 from lacme.config.specifiers import Identity
+from lacme.core.errors import ConfigError, SpecifierError
 
 ETC = Path(__file__).resolve().parent.parent / "etc"
 ROOT = Identity(0, 0, "root", "root", "/root", {"HOME": "/root"})

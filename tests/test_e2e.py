@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.lacmeenv import LacmeSetup, TREE_ROOT, load_chain, san_names, unique_name, write_key
+from tests.lacmeenv import TREE_ROOT, LacmeSetup, load_chain, san_names, unique_name, write_key
 
 pytestmark = pytest.mark.pebble
 
@@ -252,8 +252,9 @@ def test_new_order_stopped_ca_is_a_clear_error(setup, pebble_factory, tmp_path):
 def test_new_order_chain_not_verifying_is_refused(setup):
     section = setup.add_section("www", [unique_name()])
     # a CAfile that is not Pebble's root: the chain must not verify
-    from tests.pebble import make_tls_ca
     from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.pebble import make_tls_ca
     _, foreign = make_tls_ca()
     other = setup.root / "foreign.pem"
     other.write_bytes(foreign.public_bytes(Encoding.PEM))

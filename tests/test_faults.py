@@ -23,7 +23,13 @@ import pytest
 from cryptography import x509
 
 from tests.hostile.test_hostile import (  # noqa: F401 - fixtures
-    OLD_CERT, Lacme, account_key, assert_installed, ca, error_lines, lacme,
+    OLD_CERT,
+    Lacme,
+    account_key,
+    assert_installed,
+    ca,
+    error_lines,
+    lacme,
 )
 from tests.lacmeenv import TREE_ROOT, LacmeSetup, unique_name, write_key
 
@@ -195,7 +201,8 @@ def rss_mb(pid: int) -> float:
 
 
 def test_webserver_memory_bounded_under_flood(tmp_path):
-    from tests.test_webserver import KEYAUTH, TOKEN, challenge, connect, request, start as start_webserver
+    from tests.test_webserver import KEYAUTH, TOKEN, challenge, connect, request
+    from tests.test_webserver import start as start_webserver
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < 2048:

@@ -115,7 +115,8 @@ if __name__ == "__main__" and "-atheris" in sys.argv:
 # ---------------------------------------------------------------- hypothesis (pytest)
 
 import pytest  # noqa: E402
-from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 TEXT = st.text(max_size=40)
 JSON_VALUES = st.recursive(

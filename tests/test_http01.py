@@ -347,7 +347,6 @@ def test_is_valid_token_agrees_with_grammar(token: str) -> None:
 def test_import_compiles_no_regular_expression() -> None:
     import subprocess
     import sys
-
     from pathlib import Path
 
     # -S: without site, whose start-up may load re itself

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from lacme.master import renewal
 from lacme.master.renewal import (
-    DAY, Lifetime, Window, check_interval, choose_moment, decide, decide_min_days, usable_window,
+    DAY,
+    Lifetime,
+    Window,
+    check_interval,
+    choose_moment,
+    decide,
+    decide_min_days,
+    usable_window,
 )
 from lacme.master.state import Entry, StateStore, default_directory, dump_state, parse_state
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme.core.errors import ConfigError, SpecifierError
 from lacme.config.specifiers import Identity, check, expand
+from lacme.core.errors import ConfigError, SpecifierError
 
 ROOT = Identity(0, 0, "root", "root", "/root", {"HOME": "/root", "XDG_RUNTIME_DIR": "/run/user/0",
                                                 "XDG_CONFIG_HOME": "/x/config"})

@@ -17,11 +17,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lacme.core.errors import UsageError
 from lacme.protocol import http01
 from lacme.webserver import main as webserver
-from lacme.core.errors import UsageError
 from tests.test_webserver import (
-    KEYAUTH, TOKEN, Server, challenge, clean_env, listening_tcp, request, spawn_with_fds, stop_pid,
+    KEYAUTH,
+    TOKEN,
+    Server,
+    challenge,
+    clean_env,
+    listening_tcp,
+    request,
+    spawn_with_fds,
+    stop_pid,
 )
 
 HEAVY = ("asyncio", "ssl", "concurrent.futures", "argparse", "email.utils", "dataclasses")

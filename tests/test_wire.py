@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme.protocol import jwk_keys, jws, wire
 from lacme.core.errors import ProtocolError
+from lacme.protocol import jwk_keys, jws, wire
 
 RSA_KEY = rsa.generate_private_key(65537, 2048)
 RSA_JWK = jwk_keys.public_jwk(RSA_KEY.public_key())

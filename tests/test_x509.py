@@ -21,8 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme.x509 import chain as lx
 from lacme.core.errors import CertificateError, ConfigError, LacmeError
+from lacme.x509 import chain as lx
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 DAY = timedelta(days=1)

@@ -29,11 +29,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from lacme.config import schema as config, specifiers
-from lacme.protocol import jwk_keys, jws, wire
-from lacme.core import log, descriptors
+from lacme.config import schema as config
+from lacme.config import specifiers
+from lacme.core import descriptors, log
 from lacme.core.errors import ConfigError, LacmeError, UsageError
 from lacme.core.record import Record
+from lacme.protocol import jwk_keys, jws, wire
 
 NAME = "lacme-accountd"
 DEFAULT_SOCKET = "%t/S.lacme"
@@ -43,7 +44,6 @@ LISTEN_BACKLOG = 16
 # environment variable, not an option: Debian's lacme-accountd ignores it
 # where it would refuse an unknown option.  --origin and the configuration
 # file's origin win over it.
-ORIGIN_VARIABLE = "LACME_ACCOUNTD_ORIGIN"
 
 logger = logging.getLogger(NAME)
 
@@ -91,8 +91,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if args.privkey:
         config.check_privkey(args.privkey, "--privkey")
     origin = config.parse_origin(args.origin, "--origin") if args.origin else cfg.origin
-    if origin is None and os.environ.get(ORIGIN_VARIABLE):
-        origin = config.parse_origin(os.environ[ORIGIN_VARIABLE], ORIGIN_VARIABLE)
+    if origin is None and os.environ.get(wire.ORIGIN_VARIABLE):
+        origin = config.parse_origin(os.environ[wire.ORIGIN_VARIABLE], wire.ORIGIN_VARIABLE)
 
     def expanded(value: str | None, loc: str) -> str | None:
         return None if value is None else config.expand_specifiers(value, ident, loc)

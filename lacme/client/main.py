@@ -21,10 +21,10 @@ import time
 from typing import Any, NoReturn
 
 from lacme import __version__
-from lacme.protocol import control, http01, jws, wire
-from lacme.core import log, descriptors
+from lacme.core import descriptors, log
 from lacme.core.errors import AcmeError, LacmeError, ProtocolError, UsageError
 from lacme.core.record import Factory, Record
+from lacme.protocol import control, http01, jws, wire
 
 NAME = "lacme-client"
 DEFAULT_SERVER = "https://acme-v02.api.letsencrypt.org/directory"

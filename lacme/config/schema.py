@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from lacme.config import specifiers
+from lacme.config.specifiers import Identity
 from lacme.core.errors import ConfigError, SpecifierError
 from lacme.core.record import Record
-from lacme.config.specifiers import Identity
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ import grp
 import os
 import pwd
 from collections.abc import Mapping
-from lacme.core.record import Factory, Record
 from types import MappingProxyType
 
 from lacme.core.errors import SpecifierError
+from lacme.core.record import Factory, Record
 
 SPECIFIER_CHARS = frozenset("CEgGhtTuU%")
 

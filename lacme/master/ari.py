@@ -22,7 +22,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 from lacme.x509.der import (
-    TAG_INTEGER, TAG_SEQUENCE, TAG_VERSION, expect_tlv, first_pem_certificate, parse_time,
+    TAG_INTEGER,
+    TAG_SEQUENCE,
+    TAG_VERSION,
+    expect_tlv,
+    first_pem_certificate,
+    parse_time,
     read_tlv,
 )
 

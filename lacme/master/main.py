@@ -33,16 +33,23 @@ import sys
 import time
 
 from lacme import __version__
-from lacme.master.ari import CertificateFacts, certificate_facts, parse_renewal_info
 from lacme.config.schema import CertSection, MasterConfig, load_cert_sections, load_master_config
+from lacme.config.specifiers import Identity, expand
 from lacme.core.errors import EXIT_FAILURE, EXIT_OK, LacmeError, UsageError
-from lacme.core.log import exit_now, setup as setup_logging
+from lacme.core.log import exit_now
+from lacme.core.log import setup as setup_logging
 from lacme.core.record import Record, replace
+from lacme.master.ari import CertificateFacts, certificate_facts, parse_renewal_info
 from lacme.master.renewal import (
-    Decision, Lifetime, Window, check_interval, choose_moment, decide, decide_min_days,
+    Decision,
+    Lifetime,
+    Window,
+    check_interval,
+    choose_moment,
+    decide,
+    decide_min_days,
     failed_check_interval,
 )
-from lacme.config.specifiers import Identity, expand
 from lacme.master.state import Entry, StateStore, default_directory, entry_key
 from lacme.master.status import format_time
 
@@ -527,8 +534,8 @@ def _on_certificate(pending: Plan, pem: str, installed: list[str],
                     alternates: Sequence[str] = ()) -> str | None:
     """Verify and install one issued chain (the preferred one among the
     alternates); None on success, else the reason."""
-    from lacme.x509 import chain as x509
     from lacme.master.install import install_file
+    from lacme.x509 import chain as x509
 
     section = pending.section
     if alternates:
@@ -627,8 +634,8 @@ def account(cfg: MasterConfig, args: argparse.Namespace) -> int:
 
 
 def revoke(cfg: MasterConfig, args: argparse.Namespace) -> int:
-    from lacme.x509 import chain as x509
     from lacme.master.run import ClientSession
+    from lacme.x509 import chain as x509
 
     rv = EXIT_OK
     certificates: list[tuple[str, bytes, str]] = []

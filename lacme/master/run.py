@@ -40,15 +40,15 @@ import time
 from contextlib import ExitStack
 from typing import Any, Callable, Iterable, Sequence
 
-from lacme.protocol import control
-from lacme.master.challenges import ChallengeDirectory
 from lacme.config.schema import AccountdSettings, ListenAddress, MasterConfig
-from lacme.core.errors import LacmeError, ProtocolError
-from lacme.protocol.wire import normalize_origin
-from lacme.protocol.jws import b64u_encode
-from lacme.core.privs import clean_environment, drop_privileges, resolve
 from lacme.config.specifiers import Identity, expand
 from lacme.core.descriptors import Channel, spawn
+from lacme.core.errors import LacmeError, ProtocolError
+from lacme.core.privs import clean_environment, drop_privileges, resolve
+from lacme.master.challenges import ChallengeDirectory
+from lacme.protocol import control, wire
+from lacme.protocol.jws import b64u_encode
+from lacme.protocol.wire import normalize_origin
 
 log = logging.getLogger("lacme")
 
@@ -81,7 +81,6 @@ def resolve_command(command: Sequence[str]) -> list[str]:
     return [head, *rest]
 
 
-ACCOUNTD_ORIGIN_VARIABLE = "LACME_ACCOUNTD_ORIGIN"  # read by lacme.accountd
 LOCK_POLL = 0.1
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before fork, used in the child
@@ -134,7 +133,7 @@ def die_with_master(master: int) -> None:
 def accountd_origin(server: str) -> dict[str, str]:
     """The environment that pins a spawned accountd to the CA's origin."""
     try:
-        return {ACCOUNTD_ORIGIN_VARIABLE: normalize_origin(server)}
+        return {wire.ORIGIN_VARIABLE: normalize_origin(server)}
     except ValueError:  # not https: the client refuses it anyway
         return {}
 

@@ -22,7 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from lacme.protocol.jws import (
-    CURVES, MIN_RSA_BITS, b64u_decode, b64u_encode, int_to_bytes, public_jwk_alg,
+    CURVES,
+    MIN_RSA_BITS,
+    b64u_decode,
+    b64u_encode,
+    int_to_bytes,
+    public_jwk_alg,
 )
 
 

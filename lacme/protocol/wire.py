@@ -22,11 +22,14 @@ import re
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from lacme.protocol import jws
 from lacme.core.errors import ProtocolError
 from lacme.core.record import Record
+from lacme.protocol import jws
 
 PROTOCOL_VERSION = 1
+# The environment variable through which a master pins the accountd it
+# spawns to the CA's origin (accountd then refuses to sign for any other).
+ORIGIN_VARIABLE = "LACME_ACCOUNTD_ORIGIN"
 MAX_LINE = 64 * 1024  # octets, CRLF included
 CRLF = b"\r\n"
 

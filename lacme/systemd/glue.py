@@ -2,8 +2,8 @@
 
 * ``notify_status``/``notify_ready``: sd_notify(3) through systemd-python,
   no-ops without NOTIFY_SOCKET (any program, any privilege).
-* The journald MESSAGE_ID of each event kind (stable: journalctl
-  MESSAGE_ID=... finds them across versions).
+* (the journald MESSAGE_IDs of the events are in lacme.core.journal)
+
 * ``start_notify_units``: run by the master (root) after a renewal; starts
   lacme-notify@SECTION.service for every renewed section in ONE systemd
   transaction (see below), with instance names escaped as systemd-escape(1)
@@ -18,14 +18,10 @@ import subprocess
 import uuid
 from typing import Sequence
 
+from lacme.core import journal
+
 log = logging.getLogger("lacme")
 
-# MESSAGE_ID per event kind (journald catalog style, 128-bit hex).
-MESSAGE_ID_CERTIFICATE_INSTALLED = "0b1f7e4c9d2a4f60a3c5e8d1b2a7c901"
-MESSAGE_ID_RENEWAL_SKIPPED = "5c8e2d1a7b3f4e69a0d4c7b2e1f8a302"
-MESSAGE_ID_ORDER_FAILED = "9e4d3c2b1a0f4e5d8c7b6a5f4e3d2c03"
-MESSAGE_ID_VERIFICATION_FAILED = "4a7c0e95d2b84f1e9c63a1f0b57d2e48"
-MESSAGE_ID_NOTIFY_FAILED = "d81f3b6a4c2e4b97a05e6c9d1f3a7b52"
 
 NOTIFY_TEMPLATE = "lacme-notify@{}.service"
 UNIT_NAME_MAX = 255  # systemd's UNIT_NAME_MAX (256) less the terminating NUL
@@ -135,7 +131,7 @@ def start_notify_units(sections: Sequence[str]) -> int:
     """Start lacme-notify@SECTION.service for ``sections``; the failure count.
 
     All units start in one transaction (``transaction_argv``).  Each failure
-    is logged with MESSAGE_ID_NOTIFY_FAILED and LACME_SECTION; nothing is
+    is logged with journal.NOTIFY_FAILED and LACME_SECTION; nothing is
     raised.
     """
     by_unit: dict[str, str] = {}
@@ -170,5 +166,5 @@ def start_notify_units(sections: Sequence[str]) -> int:
 
 def _log_notify_failure(section: str, unit: str, reason: str) -> None:
     log.error("[%s] notify: %s: %s", section, unit, reason,
-              extra={"MESSAGE_ID": MESSAGE_ID_NOTIFY_FAILED, "LACME_SECTION": section,
+              extra={"MESSAGE_ID": journal.NOTIFY_FAILED, "LACME_SECTION": section,
                      "LACME_UNIT": unit, "LACME_OUTCOME": "notify-failed"})

@@ -31,8 +31,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from lacme.protocol import http01
 from lacme.core.errors import EXIT_OK, LacmeError, UsageError
+from lacme.protocol import http01
 
 PROG = "lacme-webserver"
 CONTENT_TYPE = "text/plain"

@@ -22,16 +22,14 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, \
-    VerificationError
+from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, VerificationError
 
-from lacme.protocol import jwk_keys, jws
 from lacme.core.errors import CertificateError, ConfigError, LacmeError
+from lacme.protocol import jwk_keys, jws
 
 DEFAULT_CAFILE = "/usr/share/lacme/ca-certificates.crt"
 SYSTEM_CAFILE = "/etc/ssl/certs/ca-certificates.crt"

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lacme.core import journal
 from lacme.systemd import glue
 
-MESSAGE_IDS = [v for k, v in vars(systemd_glue).items() if k.startswith("MESSAGE_ID_")]
+MESSAGE_IDS = [v for k, v in vars(journal).items() if not k.startswith("_")]
 
 
 def systemd_escape(*names: str) -> list[str]:

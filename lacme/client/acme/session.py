@@ -34,10 +34,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.ssl_ import create_urllib3_context
 
 from lacme import __version__
-from lacme.protocol import jws
 from lacme.core.errors import AcmeError
 from lacme.core.log import VERBOSE
 from lacme.core.record import Record
+from lacme.protocol import jws
 
 log = logging.getLogger("lacme-client")
 
