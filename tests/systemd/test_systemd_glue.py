@@ -57,7 +57,7 @@ def test_transaction_argv_requires_and_orders_every_unit_once() -> None:
 
 
 def test_message_ids_distinct_128_bit_hex() -> None:
-    assert len(MESSAGE_IDS) == 5 and len(set(MESSAGE_IDS)) == 5
+    assert len(MESSAGE_IDS) == 4 and len(set(MESSAGE_IDS)) == 4
     for mid in MESSAGE_IDS:
         assert len(mid) == 32 and int(mid, 16) >= 0 and mid == mid.lower()
 
