@@ -9,8 +9,11 @@ case (IPv6 in brackets) and the default port 443 is dropped.  Pure.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def origin_of(url: Any) -> str:

@@ -11,7 +11,9 @@ Pure; imports nothing.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing itself (and re, which it loads) stays off the start-up paths
+if TYPE_CHECKING:
+    from typing import Any
 
 DETAIL_LIMIT = 300  # characters of foreign text kept in one error line
 
