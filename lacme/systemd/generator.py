@@ -31,7 +31,8 @@ def writable_dirs(config_path: str) -> list[str]:
 
     Raises ConfigError (or OSError) when the configuration cannot be read.
     """
-    from lacme.config.schema import load_cert_sections, load_master_config
+    from lacme.config.certs import load_cert_sections
+    from lacme.config.master import load_master_config
     from lacme.config.specifiers import Identity
 
     cfg = load_master_config(config_path, Identity.current())
