@@ -41,13 +41,12 @@ def common_name(subject: Sequence[tuple[str, str]]) -> str | None:
     return cns[-1] if cns else None
 
 
-
 def requested_names(subject: Sequence[tuple[str, str]], names: Sequence[str]) -> list[str]:
     """The DNS names a CSR built from (subject, names) asks for, in order.
 
     ``names`` first, then the CN if it is a domain name (lacme.config.certs'
-    rule, as for ``CertSection.names``) and is not
-    already one of them (compared case-insensitively); duplicates dropped.
+    rule, as for ``CertSection.names``) and is not already one of them
+    (compared case-insensitively); duplicates dropped.
     A CN such as "My Service" stays in the subject only.  Use it for the
     order's identifiers and for ``check_issued`` so that all three agree.
     """
