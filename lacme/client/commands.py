@@ -31,8 +31,8 @@ def serve_account(ctx: Context, msg: dict) -> bool:
                                   only_existing=not register)
     tos = session.terms_of_service()
     if tos:
-        print(f"Terms of Service: {escape_text(tos)}", file=sys.stderr,  # noqa: T201 - for the person
-              flush=True)  # at the terminal, whatever the log level
+        line = f"Terms of Service: {escape_text(tos)}"
+        print(line, file=sys.stderr, flush=True)  # noqa: T201 - for the user, whatever the log level
     logger.info("account %s: %s", "created" if account.created else "found", escape_text(account.url))
     body = account.body
     if contact and not account.created:

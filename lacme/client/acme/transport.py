@@ -292,10 +292,9 @@ class Transport:
                 raise AcmeError(f"{escape_text(url, 200)}: {response.status_code} with a body "
                                 f"over the limit of {limit} octets")
             chunks.append(chunk)
-        # what requests' .content returns; both attributes are requests' own, set
-        # as Response.content does after reading (its stubs do not declare them)
+        # what requests' .content returns, set as Response.content does after reading
         response._content = b"".join(chunks)
-        response._content_consumed = True  # type: ignore[attr-defined]  # see above
+        response._content_consumed = True  # type: ignore[attr-defined]  # requests' own; not in its stubs
 
     def get(self, url: str) -> requests.Response:
         """An unsigned GET; redirects followed, a few, and only within the origin."""
