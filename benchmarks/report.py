@@ -14,7 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
-from lacme.client.acme.session import NONCES_IN_FLIGHT  # newNonce fetches a run may make (see check_requests)
+from lacme.client.acme.nonces import NONCES_IN_FLIGHT  # newNonce fetches a run may make (see check_requests)
 
 SCENARIOS = {
     "S1": "register an account + 1 certificate, 1 name (fresh state)",

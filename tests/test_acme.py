@@ -1,4 +1,4 @@
-"""Tests for lacme.client.acme.session: the RFC 8555 session against a real Pebble.
+"""Tests for lacme.client.acme: the RFC 8555 session against a real Pebble.
 
 The account key lives in this process (a local Signer over a cryptography
 key; in production it is accountd).  http-01 answers are served by a real
@@ -13,6 +13,7 @@ import http.server
 import socket
 import threading
 import time
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -25,9 +26,13 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme.client.acme import session as acme
-from lacme.client.acme.session import AcmeProblemError, AcmeSession, Problem
+from lacme.client.acme.messages import AcmeProblemError, Problem
+from lacme.client.acme.session import AcmeSession
+from lacme.client.acme.tls import tls_version_range
+from lacme.client.acme.transport import parse_retry_after
 from lacme.core.errors import AcmeError
+from lacme.core.origin import origin_of
+from lacme.core.text import DETAIL_LIMIT, escape_text
 from lacme.protocol import jwk_keys, jws
 
 ERR = "urn:ietf:params:acme:error:"
@@ -112,21 +117,20 @@ def unique_names(count: int) -> list[str]:
 
 def issue(session: AcmeSession, challenges: ChallengeServer, names: list[str]) -> tuple[str, ec.EllipticCurvePrivateKey]:
     """The client's order flow, step by step, through the session's methods."""
-    url, order = session.new_order([{"type": "dns", "value": n} for n in names])
-    assert order["status"] == "pending"
-    for authz_url in order["authorizations"]:
-        authz = session.get(authz_url)
-        chall = next(c for c in authz["challenges"] if c["type"] == "http-01")
-        challenges.publish(chall["token"], f"{chall['token']}.{session.signer.thumbprint}")
-        session.respond_challenge(chall["url"])
-    order = session.poll_order(url, until=("ready", "valid", "invalid"))
-    assert order["status"] == "ready", order
+    order = session.new_order([{"type": "dns", "value": n} for n in names])
+    assert order.status == "pending"
+    for authz_url in order.authorizations:
+        chall = session.authorization(authz_url).challenge("http-01")
+        challenges.publish(chall.token, f"{chall.token}.{session.signer.thumbprint}")
+        session.respond_challenge(chall.url)
+    order = session.poll_order(order.url, until=("ready", "valid", "invalid"))
+    assert order.status == "ready", order
     key, csr = make_csr(names)
-    order = session.finalize(order["finalize"], csr)
-    if order["status"] == "processing":
-        order = session.poll_order(url, until=("valid", "invalid"), status="processing")
-    assert order["status"] == "valid"
-    return session.download_certificate(order["certificate"]), key
+    order = session.finalize(order, csr)
+    if order.status == "processing":
+        order = session.poll_order(order.url, until=("valid", "invalid"), status="processing")
+    assert order.status == "valid"
+    return session.download_certificate(order.certificate), key
 
 
 # -- accounts --------------------------------------------------------------
@@ -215,7 +219,7 @@ def test_order_two_names_issues_chain_within_request_budget(pebble, challenges):
 
 def test_poll_order_pending_stops_at_deadline(pebble):
     session = registered(pebble, timeout=1.5)
-    url, _order = session.new_order([{"type": "dns", "value": unique_names(1)[0]}])
+    url = session.new_order([{"type": "dns", "value": unique_names(1)[0]}]).url
     started = time.monotonic()
     with pytest.raises(AcmeError) as info:
         session.poll_order(url, until=("ready",))
@@ -226,16 +230,17 @@ def test_poll_order_pending_stops_at_deadline(pebble):
 
 def test_poll_order_invalid_when_answer_wrong(pebble, challenges):
     session = registered(pebble)
-    url, order = session.new_order([{"type": "dns", "value": unique_names(1)[0]}])
-    authz = session.get(order["authorizations"][0])
-    chall = next(c for c in authz["challenges"] if c["type"] == "http-01")
-    challenges.publish(chall["token"], "wrong")
-    session.respond_challenge(chall["url"])
-    assert session.poll_order(url)["status"] == "invalid"
-    authz = session.get(order["authorizations"][0])
-    assert authz["status"] == "invalid"
-    failed = next(c for c in authz["challenges"] if c["type"] == "http-01")
-    assert Problem.from_json(failed["error"]).type == ERR + "unauthorized"
+    order = session.new_order([{"type": "dns", "value": unique_names(1)[0]}])
+    chall = session.authorization(order.authorizations[0]).challenge("http-01")
+    challenges.publish(chall.token, "wrong")
+    session.respond_challenge(chall.url)
+    assert session.poll_order(order.url).status == "invalid"
+    authz = session.authorization(order.authorizations[0])
+    assert authz.status == "invalid"
+    failed = authz.challenge("http-01")
+    assert failed.error is not None and failed.error.type == ERR + "unauthorized"
+    raw = next(c for c in session.get(order.authorizations[0])["challenges"] if c["type"] == "http-01")
+    assert Problem.from_json(raw["error"]) == failed.error
 
 
 def test_bad_nonce_retried_until_issued(pebble_factory, pebble, challenges, caplog):
@@ -373,17 +378,17 @@ def test_ssl_version_pinned_above_server_fails(tmp_path):
 @pytest.mark.parametrize("spec", ["TLSv1_4", "SSLv3", "TLSv1_2:!TLSv1", "SSLv23:!TLSv1_2", "", "foo"])
 def test_tls_version_range_rejects(spec):
     with pytest.raises(ValueError):
-        acme.tls_version_range(spec)
+        tls_version_range(spec)
 
 
 def test_tls_version_range_values():
     import ssl
     V = ssl.TLSVersion
-    assert acme.tls_version_range("TLSv1_2") == (V.TLSv1_2, V.TLSv1_2)
-    assert acme.tls_version_range("tlsv12") == (V.TLSv1_2, V.TLSv1_2)
-    assert acme.tls_version_range("SSLv23") == (None, None)
-    assert acme.tls_version_range("SSLv23:!SSLv3:!TLSv1:!TLSv1_1") == (V.TLSv1_2, V.TLSv1_3)
-    assert acme.tls_version_range("SSLv23:!TLSv1_3") == (V.TLSv1, V.TLSv1_2)
+    assert tls_version_range("TLSv1_2") == (V.TLSv1_2, V.TLSv1_2)
+    assert tls_version_range("tlsv12") == (V.TLSv1_2, V.TLSv1_2)
+    assert tls_version_range("SSLv23") == (None, None)
+    assert tls_version_range("SSLv23:!SSLv3:!TLSv1:!TLSv1_1") == (V.TLSv1_2, V.TLSv1_3)
+    assert tls_version_range("SSLv23:!TLSv1_3") == (V.TLSv1, V.TLSv1_2)
 
 
 def test_bad_cipher_list_is_value_error(pebble):
@@ -395,46 +400,49 @@ def test_bad_cipher_list_is_value_error(pebble):
 
 
 def test_parse_retry_after_seconds_and_date():
-    assert acme.parse_retry_after("7") == 7.0
+    assert parse_retry_after("7") == 7.0
     now = time.time()
     date = email.utils.formatdate(now + 30, usegmt=True)
-    assert 28 <= acme.parse_retry_after(date, now=now) <= 31
-    assert acme.parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
-    assert acme.parse_retry_after("soon") is None
-    assert acme.parse_retry_after("-3") is None
-    assert acme.parse_retry_after(None) is None
+    assert 28 <= parse_retry_after(date, now=now) <= 31
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("-3") is None
+    assert parse_retry_after(None) is None
 
 
 @given(st.text(max_size=60))
 def test_parse_retry_after_never_raises_or_goes_negative(value):
-    result = acme.parse_retry_after(value)
+    result = parse_retry_after(value)
     assert result is None or result >= 0
 
 
 @given(st.text(max_size=400))
 def test_escape_text_leaves_no_control_characters(text):
-    out = acme.escape_text(text)
+    out = escape_text(text)
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in out)
-    assert len(out) <= 4 * acme.DETAIL_LIMIT + 3
+    assert out.isprintable()
+    assert len(out) <= 10 * DETAIL_LIMIT + 3  # \UNNNNNNNN at most per character
 
 
 def _escape_char_by_char(text: str, limit: int) -> str:
+    """The rule of lacme.core.text said from the Unicode database: "Other" (C*) and
+    "Separator" (Z*) characters but the ASCII space, and the backslash, are escaped."""
     out = []
     for ch in text[:limit]:
         code = ord(ch)
-        if code < 0x20 or 0x7F <= code < 0xA0:
-            out.append(f"\\x{code:02x}")
-        elif ch in "\u2028\u2029":
-            out.append(f"\\u{code:04x}")
+        category = unicodedata.category(ch)
+        if ch == "\\" or (category[0] in "CZ" and ch != " "):
+            out.append("\\x%02x" % code if code <= 0xFF else
+                       "\\u%04x" % code if code <= 0xFFFF else "\\U%08x" % code)
         else:
-            out.append("\\\\" if ch == "\\" else ch)
+            out.append(ch)
     return "".join(out) + ("..." if len(text) > limit else "")
 
 
 @given(st.text(max_size=300), st.integers(min_value=1, max_value=400))
 def test_escape_text_fast_path_escapes_as_the_character_rule(text, limit):
     # the fast path (printable text, no backslash) must not change a single result
-    assert acme.escape_text(text, limit) == _escape_char_by_char(text, limit)
+    assert escape_text(text, limit) == _escape_char_by_char(text, limit)
 
 
 @given(st.text(alphabet=st.characters(max_codepoint=0x2100), max_size=40))
@@ -442,7 +450,7 @@ def test_origin_of_refuses_exactly_non_printable_ascii(tail):
     url = "https://ca.example/" + tail
     bad = any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url)
     try:
-        acme.origin_of(url)
+        origin_of(url)
     except ValueError as exc:
         assert bad or "printable" not in str(exc)
     else:

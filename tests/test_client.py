@@ -259,7 +259,7 @@ def test_orders_two_sections_issued_concurrently(pebble, challenges, tmp_path, a
     assert not list(challenges.dir.iterdir())  # every token unpublished
 
     counts = pebble.requests_since(offset)
-    # a nonce per concurrent order at most (acme.NONCES_IN_FLIGHT), then answers' nonces
+    # a nonce per concurrent order at most (lacme.client.acme.nonces.NONCES_IN_FLIGHT), then answers' nonces
     assert counts["GET /dir"] == 1 and 1 <= counts["HEAD /nonce-plz"] <= 2
     assert counts["POST /sign-me-up"] == 1  # account looked up once for both orders
     assert counts["POST /order-plz"] == 2 and counts["POST /authZ"] == 3 and counts["POST /chalZ"] == 3

@@ -1,4 +1,4 @@
-"""Tests of lacme.config.schema: the INI reader, the schemas and their errors."""
+"""Tests of lacme.config: the INI reader (ini), the schemas (accountd, master, certs) and their errors."""
 
 from __future__ import annotations
 
@@ -11,16 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme.config.schema import (
-    AccountdConfig,
-    CertSection,
-    ListenAddress,
-    load_accountd_config,
-    load_cert_sections,
-    load_master_config,
-    parse_ini,
-    parse_listen,
-)
+from lacme.config.accountd import AccountdConfig, load_accountd_config
+from lacme.config.certs import CertSection, load_cert_sections
+from lacme.config.ini import parse_ini
+from lacme.config.master import ListenAddress, load_master_config, parse_listen
 from lacme.config.specifiers import Identity
 from lacme.core.errors import ConfigError, SpecifierError
 
@@ -418,7 +412,7 @@ def test_cert_directory_order_and_precedence(tmp_path: Path, caplog: pytest.LogC
     write(d / "10-a.conf", "min-days = 5\n[www]\nnotify = from-10\ncertificate = /c10\n")
     write(d / "README", "not read\n")
     write(d / "30-c.conf.dpkg-old", "this is not INI\n")
-    with caplog.at_level(logging.DEBUG, logger="lacme.config.schema"):
+    with caplog.at_level(logging.DEBUG, logger="lacme.config.certs"):
         sections = load_cert_sections([main, str(d) + "/", str(tmp_path / "missing.conf")])
     www, mail = sections["www"], sections["mail"]
     assert www.notify == "from-20" and www.certificate == "/c10"
@@ -501,7 +495,7 @@ def test_shipped_files_examples_valid_when_uncommented(tmp_path: Path) -> None:
 import ipaddress  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
-from lacme.config import schema as config_module  # noqa: E402
+from lacme.config import certs, ini, master  # noqa: E402 - these tests sit with the fast paths
 
 OCTETS = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "007", "", "a", "٣", " 1"]))
 
@@ -512,7 +506,7 @@ def test_quick_ipv4_check_agrees_with_ipaddress(text):
         canonical = str(ipaddress.IPv4Address(text)) == text
     except ValueError:
         canonical = False
-    assert config_module.is_canonical_ipv4(text) == canonical
+    assert master.is_canonical_ipv4(text) == canonical
 
 
 @given(st.lists(OCTETS, min_size=3, max_size=5).map(".".join),
@@ -521,17 +515,17 @@ def test_listen_address_quick_path_agrees_with_the_full_parse(host, port):
     item = host if port is None else f"{host}:{port}"
 
     def full(item: str) -> object:
-        m = re.fullmatch(config_module._INET, item)
+        m = re.fullmatch(master._INET, item)
         try:
             if m is None:
                 raise ValueError
             return ListenAddress("inet", host=str(ipaddress.IPv4Address(m.group("host"))),
-                                 port=config_module.parse_port(m.group("port"), "l"))
+                                 port=master.parse_port(m.group("port"), "l"))
         except (ValueError, ConfigError):
             return None
 
     try:
-        quick: object = config_module.parse_listen_address(item, "l")
+        quick: object = master.parse_listen_address(item, "l")
     except ConfigError:
         quick = None
     assert quick == full(item)
@@ -544,7 +538,7 @@ URL_TAILS = st.text(alphabet="ab.:/?#[]@ \t%é-0", max_size=12)
 @given(URL_PARTS, URL_TAILS)
 def test_quick_url_check_accepts_only_what_urlsplit_accepts(head, tail):
     value = head + tail
-    if config_module._plain_http_url(value):
+    if master._plain_http_url(value):
         url = urlsplit(value)
         assert url.scheme in ("https", "http") and url.netloc
 
@@ -552,12 +546,12 @@ def test_quick_url_check_accepts_only_what_urlsplit_accepts(head, tail):
 @given(st.text(alphabet="aZ09-_.é*", max_size=70))
 def test_label_check_is_the_ldh_pattern(label):
     pattern = r"[0-9A-Za-z](?:[0-9A-Za-z-]{0,61}[0-9A-Za-z])?"
-    assert config_module.is_label(label) == bool(re.fullmatch(pattern, label))
+    assert certs.is_label(label) == bool(re.fullmatch(pattern, label))
 
 
 @given(st.text(alphabet="ab\r\n\x0b\x0c\x1c\u2028 =[]", max_size=30))
 def test_line_split_is_crlf_cr_lf_only(text):
-    assert config_module.split_lines(text) == re.split(r"\r\n|\r|\n", text)
+    assert ini.split_lines(text) == re.split(r"\r\n|\r|\n", text)
 
 
 @given(st.text(alphabet="a1, \t\n\u00a0\u3000,", max_size=20))

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lacme.core.text import escape_text
 from lacme.protocol import http01
 from lacme.protocol.http01 import BadRequest, RequestHead, parse_request_head, route
 
@@ -184,9 +185,20 @@ def test_format_response_405_lists_allowed_methods() -> None:
     assert b"\r\nAllow: GET, HEAD\r\n" in http01.format_response(405, date=DATE)
 
 
-def test_escape_for_log_escapes_controls_and_non_ascii() -> None:
-    assert http01.escape_for_log(b'a\x1b[31m\r\n"\\\xff') == 'a\\x1b[31m\\x0d\\x0a\\x22\\x5c\\xff'
-    assert http01.escape_for_log("é\u2028") == "\\xe9\\u2028"
+def log_escape(data: bytes | str) -> str:
+    """What the webserver logs of a request: the shared rule (lacme.core.text), octets as latin-1."""
+    text = data.decode("latin-1") if isinstance(data, bytes) else data
+    return escape_text(text, None, ascii_only=True, quote=True)
+
+
+def test_log_escaping_escapes_controls_non_ascii_quote_and_backslash() -> None:
+    assert log_escape(b'a\x1b[31m\r\n"\\\xff') == 'a\\x1b[31m\\x0d\\x0a\\x22\\x5c\\xff'
+    assert log_escape("é\u2028") == "\\xe9\\u2028"
+
+
+def test_key_authorization_error_escapes_the_token() -> None:
+    with pytest.raises(ValueError, match=r"invalid http-01 token a\\x1b\\x22b$"):
+        http01.key_authorization('a\x1b"b', THUMBPRINT)
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -331,9 +343,9 @@ def test_find_head_end_agrees_with_grammar(data: bytes) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=40))
-def test_escape_for_log_agrees_with_grammar(text: str) -> None:
-    assert http01.escape_for_log(text) == ref_escape(text)
-    assert http01.escape_for_log(text.encode("utf-8")) == ref_escape(text.encode("utf-8").decode("latin-1"))
+def test_log_escaping_agrees_with_grammar(text: str) -> None:
+    assert log_escape(text) == ref_escape(text)
+    assert log_escape(text.encode("utf-8")) == ref_escape(text.encode("utf-8").decode("latin-1"))
 
 
 @settings(max_examples=400, deadline=None)

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from lacme.core.errors import UsageError
 from lacme.protocol import http01
+from lacme.webserver import listeners
+from lacme.webserver import log as weblog
 from lacme.webserver import main as webserver
 from tests.test_webserver import (
     KEYAUTH,
@@ -167,7 +169,7 @@ def test_request_timeout_zero_is_a_usage_error() -> None:
     ("/run/lacme-www.socket", (socket.AF_UNIX, "/run/lacme-www.socket")),
 ])
 def test_parse_listen_address_accepts(text: str, expected: object) -> None:
-    assert webserver.parse_listen_address(text) == expected
+    assert listeners.parse_listen_address(text) == expected
 
 
 @pytest.mark.parametrize("text", [
@@ -176,7 +178,7 @@ def test_parse_listen_address_accepts(text: str, expected: object) -> None:
 ])
 def test_parse_listen_address_rejects(text: str) -> None:
     with pytest.raises(UsageError, match="--listen="):
-        webserver.parse_listen_address(text)
+        listeners.parse_listen_address(text)
 
 
 # --- dates and log lines ----------------------------------------------------------------------------
@@ -196,7 +198,7 @@ def test_http_date_is_the_imf_fixdate(seconds: int) -> None:
 def test_plain_log_format(level: str, text: str, line: str, capsys: pytest.CaptureFixture[str],
                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    log = webserver._Log()
+    log = weblog.Log()
     log.setup()
     getattr(log, level)(text, "words")
     log.debug("not shown")
@@ -205,7 +207,7 @@ def test_plain_log_format(level: str, text: str, line: str, capsys: pytest.Captu
 
 def test_quiet_and_debug_levels(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    log = webserver._Log()
+    log = weblog.Log()
     log.setup(quiet=True)
     log.info("hidden")
     log.warning("shown")

@@ -1,4 +1,4 @@
-"""Tests for lacme.x509.chain: service keys, CSRs, chain parsing and verification.
+"""Tests for lacme.x509: service keys (keys), CSRs (csr), chain parsing and verification (chain).
 
 A throwaway CA (root -> intermediate -> leaf) is built with cryptography in
 this file; check_issued is run against it with a real CA bundle on disk.
@@ -22,7 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lacme.core.errors import CertificateError, ConfigError, LacmeError
-from lacme.x509 import chain as lx
+from lacme.x509 import chain as x509chain
+from lacme.x509 import csr as x509csr
+from lacme.x509 import keys as x509keys
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 DAY = timedelta(days=1)
@@ -105,7 +107,7 @@ def cafile(tmp_path: Path) -> str:
 
 
 def csr_for(key, names=NAMES) -> bytes:
-    return lx.build_csr(key, [("CN", names[0])], names)
+    return x509csr.build_csr(key, [("CN", names[0])], names)
 
 
 def good_chain(key=EC_KEY, names=NAMES, ca=CA_MAIN, **kw) -> list[x509.Certificate]:
@@ -124,21 +126,21 @@ def pem_of(*certs: x509.Certificate) -> bytes:
 def test_load_private_key_reads_pkcs8_and_traditional(tmp_path, key, fmt):
     path = tmp_path / "key.pem"
     path.write_bytes(key.private_bytes(PEM, fmt, serialization.NoEncryption()))
-    loaded = lx.load_private_key(str(path))
+    loaded = x509keys.load_private_key(str(path))
     assert loaded.private_numbers() == key.private_numbers()
 
 
 def test_load_private_key_missing_file_names_path(tmp_path):
     path = tmp_path / "nope.pem"
     with pytest.raises(LacmeError, match=f"^{path}: no such file$"):
-        lx.load_private_key(str(path))
+        x509keys.load_private_key(str(path))
 
 
 def test_load_private_key_refuses_certificate(tmp_path):
     path = tmp_path / "cert.pem"
     path.write_bytes(pem_of(CA_MAIN.root))
     with pytest.raises(LacmeError, match=f"^{path}: not a PEM private key$"):
-        lx.load_private_key(str(path))
+        x509keys.load_private_key(str(path))
 
 
 def test_load_private_key_refuses_encrypted(tmp_path):
@@ -146,7 +148,7 @@ def test_load_private_key_refuses_encrypted(tmp_path):
     path.write_bytes(EC_KEY.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.BestAvailableEncryption(b"pw")))
     with pytest.raises(LacmeError, match=f"^{path}: encrypted private key"):
-        lx.load_private_key(str(path))
+        x509keys.load_private_key(str(path))
 
 
 def test_load_private_key_refuses_ed25519(tmp_path):
@@ -154,7 +156,7 @@ def test_load_private_key_refuses_ed25519(tmp_path):
     path.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
         PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with pytest.raises(LacmeError, match="unsupported key type"):
-        lx.load_private_key(str(path))
+        x509keys.load_private_key(str(path))
 
 
 # -- build_csr ----------------------------------------------------------------
@@ -163,7 +165,7 @@ def test_load_private_key_refuses_ed25519(tmp_path):
 def test_build_csr_puts_subject_and_every_name_in_san(key):
     subject = [("C", "FR"), ("O", "Example"), ("OU", "Ops"), ("emailAddress", "a@example.test"),
                ("DC", "example"), ("CN", "cn.example.test")]
-    der = lx.build_csr(key, subject, ["a.example.test", "b.example.test"])
+    der = x509csr.build_csr(key, subject, ["a.example.test", "b.example.test"])
     csr = x509.load_der_x509_csr(der)
     assert csr.is_signature_valid
     assert [(a.oid, a.value) for a in csr.subject] == [
@@ -175,11 +177,11 @@ def test_build_csr_puts_subject_and_every_name_in_san(key):
         "a.example.test", "b.example.test", "cn.example.test"]
     assert not san.critical
     assert isinstance(csr.signature_hash_algorithm, hashes.SHA256)
-    assert lx.csr_public_key_der(der) == lx.spki_der(key.public_key())
+    assert x509keys.csr_public_key_der(der) == x509keys.spki_der(key.public_key())
 
 
 def test_build_csr_cn_already_in_names_is_not_repeated():
-    der = lx.build_csr(EC_KEY, [("CN", "WWW.example.test")], ["www.example.test", "x.test"])
+    der = x509csr.build_csr(EC_KEY, [("CN", "WWW.example.test")], ["www.example.test", "x.test"])
     san = x509.load_der_x509_csr(der).extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["www.example.test", "x.test"]
@@ -187,8 +189,8 @@ def test_build_csr_cn_already_in_names_is_not_repeated():
 
 def test_build_csr_cn_that_is_not_a_host_name_stays_out_of_san():
     subject = [("CN", "My Service"), ("O", "Example")]
-    assert lx.requested_names(subject, ["a.example.test"]) == ["a.example.test"]
-    der = lx.build_csr(EC_KEY, subject, ["a.example.test"])
+    assert x509csr.requested_names(subject, ["a.example.test"]) == ["a.example.test"]
+    der = x509csr.build_csr(EC_KEY, subject, ["a.example.test"])
     csr = x509.load_der_x509_csr(der)
     san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["a.example.test"]
@@ -198,22 +200,22 @@ def test_build_csr_cn_that_is_not_a_host_name_stays_out_of_san():
 def test_build_csr_accepts_long_and_ev_attribute_names():
     subject = [("commonName", "a.example.test"), ("jurisdictionC", "FR"),
                ("organizationIdentifier", "VATFR-123"), ("businessCategory", "Private")]
-    csr = x509.load_der_x509_csr(lx.build_csr(EC_KEY, subject, []))
+    csr = x509.load_der_x509_csr(x509csr.build_csr(EC_KEY, subject, []))
     assert [a.oid for a in csr.subject] == [
         NameOID.COMMON_NAME, NameOID.JURISDICTION_COUNTRY_NAME,
         NameOID.ORGANIZATION_IDENTIFIER, NameOID.BUSINESS_CATEGORY]
-    assert lx.requested_names(subject, []) == ["a.example.test"]
+    assert x509csr.requested_names(subject, []) == ["a.example.test"]
 
 
 def test_build_csr_empty_subject_makes_san_critical():
-    der = lx.build_csr(EC_KEY, [], ["a.example.test"])
+    der = x509csr.build_csr(EC_KEY, [], ["a.example.test"])
     csr = x509.load_der_x509_csr(der)
     assert len(csr.subject) == 0
     assert csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
 
 
 def test_build_csr_key_usage_is_critical():
-    der = lx.build_csr(RSA_KEY, [("CN", "a.test")], [],
+    der = x509csr.build_csr(RSA_KEY, [("CN", "a.test")], [],
                        key_usage=["digitalSignature", "keyEncipherment"])
     ext = x509.load_der_x509_csr(der).extensions.get_extension_for_class(x509.KeyUsage)
     assert ext.critical
@@ -222,7 +224,7 @@ def test_build_csr_key_usage_is_critical():
 
 
 def test_build_csr_tls_feature_status_request():
-    der = lx.build_csr(EC_KEY, [("CN", "a.test")], [],
+    der = x509csr.build_csr(EC_KEY, [("CN", "a.test")], [],
                        tlsfeature=["status_request", "status_request_v2"])
     ext = x509.load_der_x509_csr(der).extensions.get_extension_for_class(x509.TLSFeature)
     assert list(ext.value) == [x509.TLSFeatureType.status_request,
@@ -230,14 +232,14 @@ def test_build_csr_tls_feature_status_request():
 
 
 def test_build_csr_without_options_has_only_san():
-    csr = x509.load_der_x509_csr(lx.build_csr(EC_KEY, [("CN", "a.test")], []))
+    csr = x509.load_der_x509_csr(x509csr.build_csr(EC_KEY, [("CN", "a.test")], []))
     assert [type(e.value) for e in csr.extensions] == [x509.SubjectAlternativeName]
 
 
 @pytest.mark.parametrize("name,cls", [("sha384", hashes.SHA384), ("SHA512", hashes.SHA512),
                                       (None, hashes.SHA256)])
 def test_build_csr_hash_selects_digest(name, cls):
-    der = lx.build_csr(RSA_KEY, [("CN", "a.test")], [], hash_name=name)
+    der = x509csr.build_csr(RSA_KEY, [("CN", "a.test")], [], hash_name=name)
     assert isinstance(x509.load_der_x509_csr(der).signature_hash_algorithm, cls)
 
 
@@ -254,12 +256,12 @@ def test_build_csr_hash_selects_digest(name, cls):
 def test_build_csr_refuses_unknown_values(kwargs, message):
     args = {"subject": [("CN", "a.test")], "names": ["a.test"], **kwargs}
     with pytest.raises(ConfigError, match=message):
-        lx.build_csr(EC_KEY, args.pop("subject"), args.pop("names"), **args)
+        x509csr.build_csr(EC_KEY, args.pop("subject"), args.pop("names"), **args)
 
 
 def test_csr_public_key_der_refuses_garbage():
     with pytest.raises(CertificateError, match="^CSR: "):
-        lx.csr_public_key_der(b"\x30\x03\x02\x01\x00")
+        x509keys.csr_public_key_der(b"\x30\x03\x02\x01\x00")
 
 
 # -- parse_chain / chain_pem -------------------------------------------------
@@ -267,12 +269,12 @@ def test_csr_public_key_der_refuses_garbage():
 def test_parse_chain_splits_leaf_first_and_chain_pem_round_trips():
     chain = good_chain()
     text = b"\n" + pem_of(*chain).replace(b"\n", b"\r\n") + b"\n\n"
-    parsed = lx.parse_chain(text)
+    parsed = x509chain.parse_chain(text)
     assert parsed == chain
-    leaf, full = lx.chain_pem(parsed)
+    leaf, full = x509chain.chain_pem(parsed)
     assert leaf == pem_of(chain[0])
     assert full == pem_of(*chain)
-    assert lx.chain_der(parsed) == [c.public_bytes(serialization.Encoding.DER) for c in chain]
+    assert x509chain.chain_der(parsed) == [c.public_bytes(serialization.Encoding.DER) for c in chain]
 
 
 @pytest.mark.parametrize("text,message", [
@@ -290,20 +292,20 @@ def test_parse_chain_splits_leaf_first_and_chain_pem_round_trips():
 ])
 def test_parse_chain_refuses_non_certificate_input(text, message):
     with pytest.raises(CertificateError, match=f"^issued chain: .*{message}"):
-        lx.parse_chain(text)
+        x509chain.parse_chain(text)
 
 
 def test_parse_chain_refuses_too_long_chain():
     with pytest.raises(CertificateError, match="more than 10 certificates"):
-        lx.parse_chain(pem_of(*[CA_MAIN.inter] * 11))
-    assert len(lx.parse_chain(pem_of(*[CA_MAIN.inter] * 10))) == 10
+        x509chain.parse_chain(pem_of(*[CA_MAIN.inter] * 11))
+    assert len(x509chain.parse_chain(pem_of(*[CA_MAIN.inter] * 10))) == 10
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_parse_chain_arbitrary_input_only_raises_certificate_error(data):
     try:
-        chain = lx.parse_chain(data)
+        chain = x509chain.parse_chain(data)
     except CertificateError:
         return
     assert all(isinstance(c, x509.Certificate) for c in chain)
@@ -315,7 +317,7 @@ def test_parse_chain_corrupted_pem_only_raises_certificate_error(offset, junk):
     text = bytearray(pem_of(*good_chain()))
     text[offset % len(text):offset % len(text) + len(junk)] = junk
     try:
-        lx.parse_chain(bytes(text))
+        x509chain.parse_chain(bytes(text))
     except CertificateError:
         pass
 
@@ -324,97 +326,97 @@ def test_parse_chain_corrupted_pem_only_raises_certificate_error(offset, junk):
 
 @pytest.mark.parametrize("key", [RSA_KEY, EC_KEY], ids=["rsa", "ec"])
 def test_check_issued_accepts_good_chain(cafile, key):
-    lx.check_issued(good_chain(key), csr_for(key), NAMES, cafile)
+    x509chain.check_issued(good_chain(key), csr_for(key), NAMES, cafile)
 
 
 def test_check_issued_accepts_names_case_insensitively(cafile):
-    lx.check_issued(good_chain(), csr_for(EC_KEY), ["WWW.Example.test", "example.TEST"], cafile)
+    x509chain.check_issued(good_chain(), csr_for(EC_KEY), ["WWW.Example.test", "example.TEST"], cafile)
 
 
 def test_check_issued_accepts_wildcard(cafile):
     names = ["*.example.test", "example.test"]
-    lx.check_issued(good_chain(names=names), csr_for(EC_KEY, names), names, cafile)
+    x509chain.check_issued(good_chain(names=names), csr_for(EC_KEY, names), names, cafile)
 
 
 def test_check_issued_refuses_other_key(cafile):
     with pytest.raises(CertificateError, match="public key differs from the CSR's"):
-        lx.check_issued(good_chain(EC_KEY), csr_for(ec_key()), NAMES, cafile)
+        x509chain.check_issued(good_chain(EC_KEY), csr_for(ec_key()), NAMES, cafile)
 
 
 def test_check_issued_refuses_missing_name(cafile):
     with pytest.raises(CertificateError, match="missing names new.example.test$"):
-        lx.check_issued(good_chain(), csr_for(EC_KEY), [*NAMES, "new.example.test"], cafile)
+        x509chain.check_issued(good_chain(), csr_for(EC_KEY), [*NAMES, "new.example.test"], cafile)
 
 
 def test_check_issued_refuses_extra_name(cafile):
     chain = good_chain(names=[*NAMES, "evil.test"])
     with pytest.raises(CertificateError, match="unrequested names evil.test$"):
-        lx.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
+        x509chain.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
 
 
 def test_check_issued_refuses_expired_leaf(cafile):
     chain = good_chain(not_before=NOW - 100 * DAY, not_after=NOW - DAY)
     with pytest.raises(CertificateError, match="expired at 20"):
-        lx.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
+        x509chain.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
 
 
 def test_check_issued_refuses_not_yet_valid_leaf(cafile):
     chain = good_chain(not_before=NOW + DAY)
     with pytest.raises(CertificateError, match="not valid before 20"):
-        lx.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
+        x509chain.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
 
 
 def test_check_issued_honours_now(cafile):
     later = NOW + 91 * DAY
     with pytest.raises(CertificateError, match="expired"):
-        lx.check_issued(good_chain(), csr_for(EC_KEY), NAMES, cafile, now=later)
+        x509chain.check_issued(good_chain(), csr_for(EC_KEY), NAMES, cafile, now=later)
 
 
 def test_check_issued_refuses_chain_to_other_root(cafile):
     chain = good_chain(ca=CA_OTHER)
     with pytest.raises(CertificateError, match=f"does not verify against {cafile} for "):
-        lx.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
+        x509chain.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
 
 
 def test_check_issued_refuses_broken_link(cafile):
     leaf = CA_MAIN.issue(EC_KEY.public_key(), NAMES)
     with pytest.raises(CertificateError, match="certificate 2 did not issue certificate 1"):
-        lx.check_issued([leaf, CA_OTHER.inter], csr_for(EC_KEY), NAMES, cafile)
+        x509chain.check_issued([leaf, CA_OTHER.inter], csr_for(EC_KEY), NAMES, cafile)
     with pytest.raises(CertificateError, match="certificate 2 did not issue certificate 1"):
-        lx.check_issued([leaf, CA_OTHER.inter], csr_for(EC_KEY), NAMES, "")  # even unchecked
+        x509chain.check_issued([leaf, CA_OTHER.inter], csr_for(EC_KEY), NAMES, "")  # even unchecked
     with pytest.raises(CertificateError, match="does not verify against"):
-        lx.check_issued([leaf], csr_for(EC_KEY), NAMES, cafile)
+        x509chain.check_issued([leaf], csr_for(EC_KEY), NAMES, cafile)
 
 
 def test_check_issued_refuses_too_long_chain(cafile):
     chain = good_chain() + [CA_MAIN.inter] * 10
     with pytest.raises(CertificateError, match="more than 10 certificates"):
-        lx.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
+        x509chain.check_issued(chain, csr_for(EC_KEY), NAMES, cafile)
 
 
 def test_check_issued_refuses_empty_chain(cafile):
     with pytest.raises(CertificateError, match="no certificate"):
-        lx.check_issued([], csr_for(EC_KEY), NAMES, cafile)
+        x509chain.check_issued([], csr_for(EC_KEY), NAMES, cafile)
 
 
 def test_check_issued_missing_cafile_names_it(tmp_path):
     path = tmp_path / "none.pem"
     with pytest.raises(CertificateError, match=f"^{path}: no such file$"):
-        lx.check_issued(good_chain(), csr_for(EC_KEY), NAMES, str(path))
+        x509chain.check_issued(good_chain(), csr_for(EC_KEY), NAMES, str(path))
 
 
 def test_check_issued_empty_cafile_skips_chain_but_checks_key_and_names():
-    lx.check_issued(good_chain(ca=CA_OTHER), csr_for(EC_KEY), NAMES, "")
+    x509chain.check_issued(good_chain(ca=CA_OTHER), csr_for(EC_KEY), NAMES, "")
     with pytest.raises(CertificateError, match="public key differs"):
-        lx.check_issued(good_chain(ca=CA_OTHER), csr_for(ec_key()), NAMES, "")
+        x509chain.check_issued(good_chain(ca=CA_OTHER), csr_for(ec_key()), NAMES, "")
     with pytest.raises(CertificateError, match="missing names"):
-        lx.check_issued(good_chain(ca=CA_OTHER), csr_for(EC_KEY), ["z.test"], "")
+        x509chain.check_issued(good_chain(ca=CA_OTHER), csr_for(EC_KEY), ["z.test"], "")
 
 
 def test_check_issued_default_cafile_refuses_private_ca():
-    assert lx.default_cafile() in (lx.DEFAULT_CAFILE, lx.SYSTEM_CAFILE)
-    with pytest.raises(CertificateError, match=f"against {lx.default_cafile()} for"):
-        lx.check_issued(good_chain(), csr_for(EC_KEY), NAMES, None)
+    assert x509chain.default_cafile() in (x509chain.DEFAULT_CAFILE, x509chain.SYSTEM_CAFILE)
+    with pytest.raises(CertificateError, match=f"against {x509chain.default_cafile()} for"):
+        x509chain.check_issued(good_chain(), csr_for(EC_KEY), NAMES, None)
 
 
 # -- public_key_thumbprint ----------------------------------------------------
@@ -436,8 +438,8 @@ def test_public_key_thumbprint_matches_rfc7638_example():
             .public_key(public).serial_number(1).not_valid_before(NOW)
             .not_valid_after(NOW + DAY).sign(CA_MAIN.root_key, hashes.SHA256()))
     expected = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
-    assert lx.public_key_thumbprint(cert.public_bytes(PEM)) == expected
-    assert lx.public_key_thumbprint(cert.public_bytes(serialization.Encoding.DER)) == expected
+    assert x509chain.public_key_thumbprint(cert.public_bytes(PEM)) == expected
+    assert x509chain.public_key_thumbprint(cert.public_bytes(serialization.Encoding.DER)) == expected
 
 
 @pytest.mark.parametrize("curve,crv,size", [(ec.SECP256R1(), "P-256", 32),
@@ -449,16 +451,16 @@ def test_public_key_thumbprint_ec_pads_coordinates(curve, crv, size):
            "y": b64url(numbers.y.to_bytes(size, "big"))}
     canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode()
     leaf = CA_MAIN.issue(key.public_key(), ["a.test"])
-    assert lx.public_key_thumbprint(leaf.public_bytes(PEM)) == b64url(
+    assert x509chain.public_key_thumbprint(leaf.public_bytes(PEM)) == b64url(
         hashlib.sha256(canonical).digest())
 
 
 def test_public_key_thumbprint_empty_for_keys_no_accountd_holds():
     # P-521 (no ES512 in accountd): never equal to accountd's thumbprint
     leaf = CA_MAIN.issue(ec.generate_private_key(ec.SECP521R1()).public_key(), ["a.test"])
-    assert lx.public_key_thumbprint(leaf.public_bytes(PEM)) == ""
+    assert x509chain.public_key_thumbprint(leaf.public_bytes(PEM)) == ""
 
 
 def test_public_key_thumbprint_refuses_garbage():
     with pytest.raises(CertificateError, match="neither PEM nor DER"):
-        lx.public_key_thumbprint(b"not a certificate")
+        x509chain.public_key_thumbprint(b"not a certificate")

@@ -44,7 +44,7 @@ class Identity(Record):
     environ: Mapping[str, str] = Factory(lambda: MappingProxyType({}))
 
     @classmethod
-    def current(cls) -> "Identity":
+    def current(cls) -> Identity:
         """The identity of this process (real ids, passwd/group entries)."""
         uid, gid = os.getuid(), os.getgid()
         try:

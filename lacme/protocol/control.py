@@ -41,7 +41,6 @@ from lacme.core.errors import ProtocolError
 VERSION = 1
 MAX_LINE = 1 << 20  # a certificate chain fits many times over
 
-MASTER_TYPES = frozenset({"hello", "account", "orders", "revoke", "renewal_info", "published"})
 CLIENT_TYPES = frozenset(
     {"publish", "unpublish", "account", "certificate", "revoked", "renewal_info", "failed",
      "error", "done"}

@@ -55,8 +55,6 @@ _TCHARS = "!#$%&'*+.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs
 _DIGITS = "0123456789"
 # RFC 9110 5.5: a field value is VCHAR, obs-text, SP and HTAB; every other control is refused.
 _FIELD_VALUE_BAD = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
-# Log-safe: printable ASCII other than the quote and the backslash.
-_LOG_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -87,10 +85,17 @@ def is_valid_token(token: str) -> bool:
 def key_authorization(token: str, thumbprint: str) -> str:
     """RFC 8555 8.1: token "." base64url(JWK thumbprint)."""
     if not is_valid_token(token):
-        raise ValueError(f"invalid http-01 token {escape_for_log(token[:80])!s}")
+        raise ValueError(f"invalid http-01 token {_escape(token)}")
     if not _all_in(thumbprint, BASE64URL_ALPHABET):
-        raise ValueError(f"invalid JWK thumbprint {escape_for_log(thumbprint[:80])!s}")
+        raise ValueError(f"invalid JWK thumbprint {_escape(thumbprint)}")
     return f"{token}.{thumbprint}"
+
+
+def _escape(text: str) -> str:
+    """Foreign text for an error line, by lacme.core.text's rule."""
+    from lacme.core.text import escape_text  # errors only: typing (hence re) stays unloaded
+
+    return escape_text(text, 80, ascii_only=True, quote=True)
 
 
 class RequestHead:
@@ -100,7 +105,7 @@ class RequestHead:
     give, without the cost of building one at import).
     """
 
-    __slots__ = ("method", "target", "version", "headers")
+    __slots__ = ("headers", "method", "target", "version")
 
     method: str
     target: str
@@ -293,19 +298,6 @@ def format_response(
     lines += [f"Content-Length: {len(body)}", "Cache-Control: no-store", "Connection: close"]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     return head if head_only else head + body
-
-
-def escape_for_log(data: bytes | str) -> str:
-    """Printable ASCII: controls, non-ASCII, quote and backslash escaped as \\xNN (\\uNNNN)."""
-    text = data.decode("latin-1") if isinstance(data, bytes) else data
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return text  # the common case: nothing to escape
-    return "".join(char if char in _LOG_SAFE else _escape_char(char) for char in text)
-
-
-def _escape_char(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def first_line(data: bytes, limit: int = 200) -> bytes:

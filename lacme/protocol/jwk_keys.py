@@ -46,7 +46,7 @@ EC_ALGORITHMS = (
     EcAlgorithm("ES384", "P-384", ec.SECP384R1, hashes.SHA384, CURVES["P-384"].size),
 )
 _EC_BY_ALG = {a.alg: a for a in EC_ALGORITHMS}
-_EC_BY_CURVE = {a.curve.name: a for a in EC_ALGORITHMS}
+_EC_BY_CURVE = {a.curve().name: a for a in EC_ALGORITHMS}  # name: an instance attribute to the type checker
 
 
 def _public(key: Any) -> Any:
@@ -75,7 +75,8 @@ def public_jwk(public_key: Any) -> dict[str, str]:
     alg = alg_for_key(pub)
     if alg == "RS256":
         numbers = pub.public_numbers()
-        return {"e": b64u_encode(int_to_bytes(numbers.e)), "kty": "RSA", "n": b64u_encode(int_to_bytes(numbers.n))}
+        return {"e": b64u_encode(int_to_bytes(numbers.e)), "kty": "RSA",
+                "n": b64u_encode(int_to_bytes(numbers.n))}
     row = _EC_BY_ALG[alg]
     point = pub.public_numbers()
     return {

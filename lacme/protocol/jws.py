@@ -22,10 +22,11 @@ from typing import Any, NamedTuple
 
 try:  # the interpreter's own SHA-256, as the random module does: hashlib would
     # load a second OpenSSL into lacme-accountd (~3.5 MB) for one digest
-    from _sha256 import sha256 as _sha256  # Python <= 3.11
+    # (Python <= 3.11: _sha256, >= 3.12: _sha2)
+    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found]  # CPython-private: no stubs
 except ImportError:
     try:
-        from _sha2 import sha256 as _sha256  # Python >= 3.12
+        from _sha2 import sha256 as _sha256  # type: ignore[import-not-found]  # CPython-private: no stubs
     except ImportError:
         from hashlib import sha256 as _sha256
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 from lacme.core.errors import ProtocolError
+from lacme.core.origin import origin_of
 from lacme.core.record import Record
 from lacme.protocol import jws
 
@@ -38,7 +38,6 @@ HEADER_MEMBERS = frozenset({"alg", "nonce", "url", "jwk", "kid"})
 
 _GREETING = re.compile(rb"(\d+) OK(?: ([^\r\n]*))?\r\n\Z")
 _REQUEST = re.compile(rb"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)\r\n\Z")
-_URL_CHARS = re.compile(r"[\x21-\x7e]+\Z")
 
 
 class Greeting(Record):
@@ -88,7 +87,8 @@ def parse_greeting(first_line: bytes, jwk_line: bytes) -> Greeting:
     if int(match.group(1)) != PROTOCOL_VERSION:
         raise ProtocolError(f"accountd: unsupported protocol version {match.group(1).decode()}")
     extra = _decode_object(match.group(2) or b"{}", "accountd: greeting", ProtocolError)
-    jwk = _decode_object(_strip_crlf(jwk_line, ProtocolError, "accountd: JWK line"), "accountd: JWK", ProtocolError)
+    jwk_text = _strip_crlf(jwk_line, ProtocolError, "accountd: JWK line")
+    jwk = _decode_object(jwk_text, "accountd: JWK", ProtocolError)
     alg = _optional_str(extra, "alg") or "RS256"
     kid = _optional_str(extra, "kid") or None
     thumbprint = _optional_str(extra, "jwk-thumbprint")
@@ -176,29 +176,12 @@ def _check_header(header: dict, *, alg: str, jwk: dict, kid: str | None, origin:
 
 def _check_origin(url: str, origin: str) -> None:
     try:
-        pinned = normalize_origin(origin)
-        actual = normalize_origin(url)
+        pinned = origin_of(origin)
+        actual = origin_of(url)
     except ValueError as exc:
-        raise Refused(f"protected header: url: {exc}") from None
+        raise Refused(f"protected header: url {url!r}: {exc}") from None
     if actual != pinned:
         raise Refused(f"protected header: url {url!r} is not on {pinned}")
-
-
-def normalize_origin(url: str) -> str:
-    """``https://host[:port]`` of an https URL, host in lower case, default port dropped.
-
-    ValueError for anything but an absolute https URL without user info.
-    """
-    if not isinstance(url, str) or not _URL_CHARS.match(url):
-        raise ValueError("not a printable ASCII URL")
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "https" or not parts.hostname:
-        raise ValueError(f"{url!r} is not an https URL")
-    if "@" in parts.netloc:
-        raise ValueError(f"{url!r} has user information")
-    port = parts.port  # ValueError when not a number in range
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"https://{host}" if port in (None, 443) else f"https://{host}:{port}"
 
 
 def encode_signature(sig: bytes) -> bytes:

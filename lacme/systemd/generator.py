@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 DEFAULT_CONFIG = "/etc/lacme/lacme.conf"
 UNIT = "lacme-renew.service"
@@ -31,7 +31,8 @@ def writable_dirs(config_path: str) -> list[str]:
 
     Raises ConfigError (or OSError) when the configuration cannot be read.
     """
-    from lacme.config.schema import load_cert_sections, load_master_config
+    from lacme.config.certs import load_cert_sections
+    from lacme.config.master import load_master_config
     from lacme.config.specifiers import Identity
 
     cfg = load_master_config(config_path, Identity.current())
@@ -49,12 +50,15 @@ def quote_path(path: str) -> str:
     """``path`` as one word of a unit file setting (systemd.syntax(7)).
 
     ``%`` is doubled (specifiers), and the word is double-quoted with C-style
-    escapes when it holds white space, quotes or backslashes.
+    escapes when it holds white space, quotes or backslashes: a backslash or
+    a double quote gets a backslash before it, and a character that is not
+    printable becomes lacme.core.text's ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``.
     """
     word = path.replace("%", "%%")
     if any(c.isspace() or c in "\"'\\" for c in word):
-        escaped = word.replace("\\", "\\\\").replace('"', '\\"')
-        escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
+        from lacme.core.text import escape_text
+
+        escaped = "\\\\".join(escape_text(part, None).replace('"', '\\"') for part in word.split("\\"))
         return f'"{escaped}"'
     return word
 
@@ -72,14 +76,12 @@ def render_dropin(dirs: Iterable[str]) -> str:
 
 def write_dropin(normal_dir: str, text: str) -> str:
     """Write the drop-in under ``normal_dir`` (atomically); return its path."""
+    from lacme.core.atomic import replace_file
+
     directory = os.path.join(normal_dir, UNIT + ".d")
     os.makedirs(directory, mode=0o755, exist_ok=True)
     path = os.path.join(directory, DROPIN)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    replace_file(path, text.encode("utf-8"), 0o644)
     return path
 
 

@@ -1,22 +1,19 @@
-"""systemd glue shared by the lacme programs when systemd runs them.
+"""systemd glue of the master: the notify units of renewed certificates.
 
-* ``notify_status``/``notify_ready``: sd_notify(3) through systemd-python,
-  no-ops without NOTIFY_SOCKET (any program, any privilege).
-* (the journald MESSAGE_IDs of the events are in lacme.core.journal)
-
-* ``start_notify_units``: run by the master (root) after a renewal; starts
-  lacme-notify@SECTION.service for every renewed section in ONE systemd
-  transaction (see below), with instance names escaped as systemd-escape(1)
-  does.  No RFC is involved; see systemd.unit(5) "String Escaping".
+``start_notify_units`` is run by the master (root) after a renewal; it
+starts lacme-notify@SECTION.service for every renewed section in ONE
+systemd transaction (see below), with instance names escaped as
+systemd-escape(1) does.  (The journald MESSAGE_IDs of the events are in
+lacme.core.journal.)  No RFC is involved; see systemd.unit(5) "String
+Escaping".
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 from lacme.core import journal
 
@@ -28,31 +25,6 @@ UNIT_NAME_MAX = 255  # systemd's UNIT_NAME_MAX (256) less the terminating NUL
 NOTIFY_TIMEOUT = 600.0  # seconds; lacme-notify@.service itself stops at 5 min
 
 _KEPT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
-
-
-# --------------------------------------------------------------------------
-# sd_notify
-
-def notify(state: str) -> bool:
-    """Send ``state`` to the service manager; False when not supervised."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return False
-    try:
-        from systemd import daemon
-
-        return bool(daemon.notify(state))
-    except (ImportError, OSError):
-        return False
-
-
-def notify_status(text: str) -> bool:
-    """STATUS=: the one-line state shown by systemctl status."""
-    return notify("STATUS=" + text.replace("\n", " "))
-
-
-def notify_ready() -> bool:
-    """READY=1: start-up is finished (Type=notify)."""
-    return notify("READY=1")
 
 
 # --------------------------------------------------------------------------

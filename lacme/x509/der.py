@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 PEM_END = b"-----END CERTIFICATE-----"
@@ -77,7 +77,7 @@ def parse_utc_time(text: bytes) -> datetime:
         raise ValueError(f"UTCTime: not YYMMDDHHMMSSZ: {text!r}")
     yy, month, day, hour, minute, second = parse_digits(text[:12], "UTCTime")
     year = 1900 + yy if yy >= 50 else 2000 + yy
-    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def parse_generalized_time(text: bytes) -> datetime:
@@ -85,7 +85,7 @@ def parse_generalized_time(text: bytes) -> datetime:
     if len(text) != 15 or not text.endswith(b"Z"):
         raise ValueError(f"GeneralizedTime: not YYYYMMDDHHMMSSZ: {text!r}")
     cc, yy, month, day, hour, minute, second = parse_digits(text[:14], "GeneralizedTime")
-    return datetime(cc * 100 + yy, month, day, hour, minute, second, tzinfo=timezone.utc)
+    return datetime(cc * 100 + yy, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def parse_time(data: bytes, pos: int, end: int) -> tuple[datetime, int]:

@@ -1,12 +1,9 @@
 """lacme.systemd.glue on the host: escaping checked against systemd-escape,
-sd_notify against a real datagram socket, the transaction command line."""
+the transaction command line, the journal's MESSAGE_IDs."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -60,22 +57,3 @@ def test_message_ids_distinct_128_bit_hex() -> None:
     assert len(MESSAGE_IDS) == 4 and len(set(MESSAGE_IDS)) == 4
     for mid in MESSAGE_IDS:
         assert len(mid) == 32 and int(mid, 16) >= 0 and mid == mid.lower()
-
-
-def test_notify_without_socket_is_a_noop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert glue.notify_ready() is False
-    assert glue.notify_status("x") is False
-
-
-def test_notify_ready_and_status_reach_the_socket(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(os.fspath(path))
-        server.settimeout(5)
-        monkeypatch.setenv("NOTIFY_SOCKET", os.fspath(path))
-        assert glue.notify_ready() is True
-        assert server.recv(4096) == b"READY=1"
-        assert glue.notify_status("renewing [www]\nnow") is True
-        assert server.recv(4096) == b"STATUS=renewing [www] now"

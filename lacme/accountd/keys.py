@@ -1,0 +1,109 @@
+"""lacme-accountd's account key: reading it, checking it, signing with it.
+
+Runs in lacme-accountd, as whichever user owns the account key (never root's
+business).  The key is a PEM file (``file:PATH``) or one decrypted by gpg
+(``gpg:PATH``); RSA (at least 2048 bits, its private numbers checked for
+consistency as RFC 8017 3.2 defines them), EC P-256 or P-384.  It signs
+RFC 8555 section 6.2 signing inputs (JWS, RFC 7515) with the algorithm of
+RFC 7518 that fits the key; what may be signed is lacme.protocol.wire's rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from lacme.core.errors import ConfigError, LacmeError
+from lacme.core.record import Record
+from lacme.protocol import jwk_keys, jws, wire
+
+
+class AccountKey(Record):
+    """The private key and what the greeting says about it."""
+
+    private_key: Any
+    alg: str
+    jwk: dict
+    thumbprint: str
+
+    def sign(self, signing_input: bytes) -> bytes:
+        return jwk_keys.sign(self.private_key, self.alg, signing_input)
+
+
+def read_key_material(privkey: str, gpg: str) -> tuple[str, bytes]:
+    """(path, PEM octets) for ``file:PATH`` or ``gpg:PATH``."""
+    kind, _, path = privkey.partition(":")
+    if kind == "file":
+        try:
+            with open(path, "rb") as f:
+                return path, f.read()
+        except OSError as exc:
+            raise LacmeError(f"{path}: {exc.strerror or exc}") from None
+    if kind == "gpg":
+        import subprocess  # only for gpg: keys are mostly plain files
+
+        command = [*gpg.split(), "-o", "-", "--decrypt", "--", path]
+        try:
+            proc = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
+        except OSError as exc:
+            raise LacmeError(f"{path}: cannot run {command[0]}: {exc.strerror or exc}") from None
+        if proc.returncode != 0:
+            raise LacmeError(f"{path}: {command[0]} exited with status {proc.returncode}")
+        return path, proc.stdout
+    raise ConfigError(f"privkey: expected file:PATH or gpg:PATH: {privkey!r}")
+
+
+def load_account_key(privkey: str, gpg: str) -> AccountKey:
+    """Load and check the account key (RSA >= 2048 bits, EC P-256 or P-384)."""
+    path, pem = read_key_material(privkey, gpg)
+    try:
+        # RSA: check_rsa_private_key replaces the library's check, which also
+        # tests p and q for primality: most of a start with an RSA-2048 key
+        key = load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
+    except TypeError:  # the PEM is encrypted and we gave no password
+        raise LacmeError(f"{path}: encrypted PEM keys are not supported (use gpg:)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise LacmeError(f"{path}: not a PEM private key") from None
+    try:
+        alg = jwk_keys.alg_for_key(key)
+        if isinstance(key, rsa.RSAPrivateKey):
+            check_rsa_private_key(key)
+    except ValueError as exc:
+        raise LacmeError(f"{path}: {exc}") from None
+    jwk = jwk_keys.public_jwk(key.public_key())
+    return AccountKey(key, alg, jwk, jws.jwk_thumbprint(jwk))
+
+
+def check_rsa_private_key(key: rsa.RSAPrivateKey) -> None:
+    """The private numbers agree with each other (RFC 8017 3.2, second form),
+    as OpenSSL's RSA_check_key verifies them: n = p q, d e = 1 mod lcm(p-1, q-1),
+    dP e = 1 mod p-1, dQ e = 1 mod q-1, qInv q = 1 mod p.  A damaged key file
+    (a CRT signature computed with a wrong dP leaks p) fails here; whether p
+    and q are prime is the key generator's business.  ValueError otherwise."""
+    priv = key.private_numbers()
+    p, q, d = priv.p, priv.q, priv.d
+    e, n = priv.public_numbers.e, priv.public_numbers.n
+    consistent = (
+        p > 2 and q > 2 and p != q and p * q == n and e % 2 == 1
+        and d * e % math.lcm(p - 1, q - 1) == 1
+        and priv.dmp1 * e % (p - 1) == 1 and priv.dmq1 * e % (q - 1) == 1
+        and priv.iqmp * q % p == 1
+    )
+    if not consistent:
+        raise ValueError("inconsistent RSA private key (damaged?)")
+
+
+class Signer(Record):
+    """The key, and for whom it signs: the account key id and the CA origin when pinned."""
+
+    key: AccountKey
+    keyid: str | None
+    origin: str | None
+
+    def greeting(self) -> bytes:
+        greeting = wire.Greeting(self.key.alg, self.key.thumbprint, self.keyid, self.key.jwk)
+        return wire.encode_greeting(greeting)

@@ -1,0 +1,96 @@
+"""The commands of lacme-client other than orders: account, revoke, renewal_info.
+
+Run inside the unprivileged ACME client (``lacme-client``), one command per
+run, over one ACME session.  ``account``: newAccount or its lookup, contact
+update, deactivation (RFC 8555 7.3); ``revoke``: revokeCert with the account
+key or the certificate's own key (7.6); ``renewal_info``: the CA's suggested
+renewal windows (RFC 9773 4.1).  Each answer goes back to the master.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from lacme.client.link import Context, report_failure
+from lacme.core.errors import LacmeError, ProtocolError
+from lacme.core.text import escape_text
+from lacme.protocol import jws
+
+logger = logging.getLogger("lacme-client")
+
+
+def serve_account(ctx: Context, msg: dict) -> bool:
+    """newAccount (or lookup), then update contacts or deactivate (RFC 8555 7.3)."""
+    session = ctx.session
+    register = bool(msg.get("register"))
+    contact = [str(c) for c in msg.get("contact") or []]
+    if register:
+        logger.info("requesting a new registration%s", f" for {', '.join(contact)}" if contact else "")
+    account = session.new_account(contact=contact, tos_agreed=bool(msg.get("tos_agreed")),
+                                  only_existing=not register)
+    tos = session.terms_of_service()
+    if tos:
+        line = f"Terms of Service: {escape_text(tos)}"
+        print(line, file=sys.stderr, flush=True)  # noqa: T201 - for the user, whatever the log level
+    logger.info("account %s: %s", "created" if account.created else "found", escape_text(account.url))
+    body = account.body
+    if contact and not account.created:
+        body = session.update_account({"contact": contact})
+        logger.info("account contacts updated")
+    if msg.get("deactivate"):
+        body = session.deactivate_account()
+        logger.info("account deactivated")
+    elif not isinstance(body.get("status"), str):  # RFC 8555 7.3.1 has the body; some CAs do not
+        body = session.get(account.url)
+    ctx.link.send("account", account=body, location=account.url)
+    return True
+
+
+def serve_revoke(ctx: Context, msg: dict) -> bool:
+    """revokeCert for each certificate (RFC 8555 7.6); True if all succeeded."""
+    certificates = msg.get("certificates")
+    if not isinstance(certificates, list):
+        raise ProtocolError("control channel: revoke without certificates")
+    reason = msg.get("reason")
+    if reason is not None and not isinstance(reason, int):
+        raise ProtocolError("control channel: revoke reason is not an integer")
+    ok = True
+    for entry in certificates:
+        cid = str(entry.get("id", "?")) if isinstance(entry, dict) else "?"
+        try:
+            der = jws.b64u_decode(str(entry.get("der", ""))) if isinstance(entry, dict) else b""
+            if not der:
+                raise ProtocolError(f"control channel: certificate {cid}: no DER")
+            # accountd serving the certificate's own key: sign with it (jwk)
+            use_jwk = bool(ctx.signer.jwk) and entry.get("jwk_thumbprint") == ctx.signer.thumbprint
+            ctx.session.revoke(der, reason, use_jwk=use_jwk)
+        except (LacmeError, ValueError) as exc:
+            ok = report_failure(ctx, "failed", cid, exc) and ok
+            continue
+        logger.info("[%s] certificate revoked", cid, extra={"LACME_SECTION": cid})
+        ctx.link.send("revoked", id=cid)
+    return ok
+
+
+def serve_renewal_info(ctx: Context, msg: dict) -> bool:
+    """renewalInfo for each certificate ID (RFC 9773 4.1); True if all answered."""
+    certificates = msg.get("certificates")
+    if not isinstance(certificates, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("cert_id"), str)
+            for c in certificates):
+        raise ProtocolError("control channel: renewal_info without certificates")
+    if not ctx.session.has_renewal_info():
+        for entry in certificates:
+            ctx.link.send("renewal_info", id=entry["id"], supported=False)
+        return True
+    ok = True
+    for entry in certificates:
+        try:
+            body, retry_after = ctx.session.renewal_info(entry["cert_id"])
+        except LacmeError as exc:
+            ok = report_failure(ctx, "failed", entry["id"], exc) and ok
+            continue
+        ctx.link.send("renewal_info", id=entry["id"], supported=True, info=body,
+                      retry_after=retry_after)
+    return ok

@@ -1,0 +1,103 @@
+"""lacme-accountd.conf: the account-key holder's configuration.
+
+Read by lacme-accountd (at whatever privilege it runs) at start-up; pure
+validation into an AccountdConfig.  ``parse_origin`` also checks accountd's
+``--origin`` and the origin a master pins it to: an https origin (RFC 6454)
+by the one rule of lacme.core.origin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from lacme.config.defaults import DEFAULT_ACCOUNTD_CONFIG
+from lacme.config.ini import (
+    Ini,
+    check_privkey,
+    check_specifiers,
+    expand_specifiers,
+    parse_bool,
+    read_ini,
+    reject_unknown,
+    where,
+)
+from lacme.config.specifiers import Identity
+from lacme.core.errors import ConfigError
+from lacme.core.record import Record
+
+log = logging.getLogger(__name__)
+
+
+class AccountdConfig(Record):
+    """lacme-accountd.conf.  Path values are raw (expanded by the program).
+
+    An empty value is the same as an absent one (None).  ``origin`` is
+    normalised to ``https://host`` or ``https://host:port``.
+    """
+
+    privkey: str | None = None
+    gpg: str | None = None
+    socket: str | None = None
+    logfile: str | None = None
+    keyid: str | None = None
+    quiet: bool | None = None
+    origin: str | None = None
+
+
+ACCOUNTD_SETTINGS = ("privkey", "gpg", "socket", "logfile", "keyid", "quiet", "origin")
+
+
+def parse_origin(value: str, loc: str) -> str:
+    """An https origin ``https://host[:port]``, normalised by lacme.core.origin."""
+    from lacme.core.origin import is_bare_origin, origin_of  # urllib.parse: only when set
+
+    try:
+        origin = origin_of(value)
+    except ValueError as e:
+        raise ConfigError(f'{loc}: not an https origin ({e}): "{value}"') from None
+    if not is_bare_origin(value):
+        raise ConfigError(f'{loc}: an origin is only https://host[:port]: "{value}"')
+    return origin
+
+
+def validate_accountd(ini: Ini) -> AccountdConfig:
+    """Validate a parsed lacme-accountd.conf."""
+    for name in ini.sections:
+        raise ConfigError(f"{ini.source}: unknown section [{name}]")
+    s = ini.defaults
+    reject_unknown(s, ACCOUNTD_SETTINGS, ini.source)
+
+    def get(key: str) -> str | None:
+        return s.get(key) or None
+
+    def loc(key: str) -> str:
+        return where(ini.source, None, key)
+
+    privkey, socket, logfile = get("privkey"), get("socket"), get("logfile")
+    quiet, origin = get("quiet"), get("origin")
+    return AccountdConfig(
+        privkey=check_privkey(privkey, loc("privkey")) if privkey else None,
+        gpg=get("gpg"),
+        socket=check_specifiers(socket, loc("socket")) if socket else None,
+        logfile=check_specifiers(logfile, loc("logfile")) if logfile else None,
+        keyid=get("keyid"),
+        quiet=parse_bool(quiet, loc("quiet")) if quiet else None,
+        origin=parse_origin(origin, loc("origin")) if origin else None,
+    )
+
+
+def load_accountd_config(path: str | None, ident: Identity) -> AccountdConfig:
+    """Read lacme-accountd.conf.
+
+    ``path`` None means the default ``%E/lacme/lacme-accountd.conf`` (expanded
+    with ``ident``), which may be missing (an empty configuration); an
+    explicit ``path`` (already expanded) must exist.
+    """
+    if path is None:
+        path = expand_specifiers(DEFAULT_ACCOUNTD_CONFIG, ident, "default configuration")
+        if not os.path.lexists(path):
+            log.debug("%s: missing, using an empty configuration", path)
+            return AccountdConfig()
+    return validate_accountd(read_ini(path))
+
