@@ -29,6 +29,7 @@ if str(TREE_ROOT) not in sys.path:
 
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
+from lacme.core.origin import origin_of
 from lacme.protocol import jwk_keys, wire  # noqa: E402
 
 ORIGIN = "https://ca.example:8443"
@@ -60,7 +61,7 @@ def check_accepted(line: bytes, req: wire.SignRequest, *, kid: str | None, origi
         assert isinstance(header["kid"], str) and header["kid"]
         assert kid is None or header["kid"] == kid
     if origin is not None:
-        assert wire.normalize_origin(header["url"]) == origin
+        assert origin_of(header["url"]) == origin
     if payload:
         assert isinstance(json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4))), dict)
     else:

@@ -22,9 +22,10 @@ from typing import NoReturn
 
 from lacme.accountd.keys import Signer, load_account_key
 from lacme.accountd.server import NAME, Waiter, logger, run_bound, run_inherited, run_stdio
-from lacme.config import schema as config
 from lacme.config import specifiers
+from lacme.config.accountd import load_accountd_config, parse_origin
 from lacme.config.defaults import DEFAULT_ACCOUNTD_CONFIG
+from lacme.config.ini import check_privkey, expand_specifiers
 from lacme.core import descriptors, log
 from lacme.core.cli import ArgumentParser
 from lacme.core.errors import ConfigError, LacmeError
@@ -67,23 +68,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load_settings(args: argparse.Namespace) -> Settings:
     """Merge the command line (which wins) and the configuration file."""
     ident = specifiers.Identity.current()
-    path = None if args.config is None else config.expand_specifiers(args.config, ident, "--config")
-    cfg = config.load_accountd_config(path, ident)
+    path = None if args.config is None else expand_specifiers(args.config, ident, "--config")
+    cfg = load_accountd_config(path, ident)
     privkey = args.privkey or cfg.privkey
     if not privkey:
         raise ConfigError(f"{path or 'lacme-accountd.conf'}: privkey is not set (nor --privkey)")
     if args.privkey:
-        config.check_privkey(args.privkey, "--privkey")
+        check_privkey(args.privkey, "--privkey")
     # The CA origin lacme passes when it spawns accountd (fork mode).  An
     # environment variable, not an option: Debian's lacme-accountd ignores it
     # where it would refuse an unknown option.  --origin and the configuration
     # file's origin win over it.
-    origin = config.parse_origin(args.origin, "--origin") if args.origin else cfg.origin
+    origin = parse_origin(args.origin, "--origin") if args.origin else cfg.origin
     if origin is None and os.environ.get(wire.ORIGIN_VARIABLE):
-        origin = config.parse_origin(os.environ[wire.ORIGIN_VARIABLE], wire.ORIGIN_VARIABLE)
+        origin = parse_origin(os.environ[wire.ORIGIN_VARIABLE], wire.ORIGIN_VARIABLE)
 
     def expanded(value: str | None, loc: str) -> str | None:
-        return None if value is None else config.expand_specifiers(value, ident, loc)
+        return None if value is None else expand_specifiers(value, ident, loc)
 
     kind, _, key_path = privkey.partition(":")
     socket_path = None if args.stdio else (args.socket or cfg.socket or DEFAULT_SOCKET)
@@ -146,7 +147,7 @@ def run(settings: Settings) -> None:
             run_inherited(fds, signer, waiter)
             return
         assert settings.socket is not None  # expanded only now: %t may be undefined with --stdio
-        path = config.expand_specifiers(settings.socket, specifiers.Identity.current(), "socket")
+        path = expand_specifiers(settings.socket, specifiers.Identity.current(), "socket")
         run_bound(path, signer, waiter)
     finally:
         waiter.close()

@@ -14,7 +14,7 @@ import socket
 import stat
 
 from lacme.core.errors import LacmeError, UsageError
-from lacme.protocol import http01
+from lacme.webserver.log import log_safe
 
 
 class Listener:
@@ -68,7 +68,7 @@ def format_address(family: int, address: object) -> str:
     """A socket address as it appears in logs."""
     if family == socket.AF_UNIX or isinstance(address, (str, bytes)):
         path = address.decode(errors="replace") if isinstance(address, bytes) else str(address)
-        return "unix:" + http01.escape_for_log(path)
+        return "unix:" + log_safe(path)
     if isinstance(address, tuple) and family == socket.AF_INET6:
         return f"[{address[0]}]:{address[1]}"
     if isinstance(address, tuple):

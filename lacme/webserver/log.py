@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+from lacme.core.text import escape_text
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     import logging
@@ -73,3 +75,9 @@ class Log:
 
 
 logger = Log()
+
+
+def log_safe(text: str) -> str:
+    """What a client sent, for a log line: printable ASCII only, quotes and
+    backslashes escaped (lacme.core.text), never cut: heads are bounded."""
+    return escape_text(text, None, ascii_only=True, quote=True)

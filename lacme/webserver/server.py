@@ -22,7 +22,7 @@ from collections.abc import Callable
 from lacme.protocol import http01
 from lacme.webserver.challenges import read_challenge
 from lacme.webserver.listeners import Listener, format_address
-from lacme.webserver.log import logger
+from lacme.webserver.log import log_safe, logger
 
 CONTENT_TYPE = "text/plain"
 READ_CHUNK = 4096
@@ -64,7 +64,7 @@ class Connection:
 
 def _quote(buf: bytes | bytearray) -> str:
     line = http01.first_line(bytes(buf))
-    return http01.escape_for_log(line) if line else "-"
+    return log_safe(line.decode("latin-1")) if line else "-"
 
 
 class ChallengeServer:
@@ -233,7 +233,7 @@ class ChallengeServer:
             logger.debug("bad request: %s", exc)
             self._respond(conn, exc.status, _quote(data))
             return
-        request = http01.escape_for_log(f"{head.method} {head.target} {head.version}")
+        request = log_safe(f"{head.method} {head.target} {head.version}")
         status, token = http01.route(head)
         if token is None:
             self._respond(conn, status, request)
