@@ -72,7 +72,7 @@ def value_lists() -> dict[str, dict[str, Iterable[str]]]:
     config, master, status = code("config"), code("master"), code("status")
     metrics = {name for name, _, _ in status.METRICS}
     metrics |= set(re.findall(r'"(lacme_\w+)"', inspect.getsource(status.format_prometheus)))
-    booleans = getattr(config, "_BOOLEANS")
+    booleans = config._BOOLEANS
     return {
         "lacme-certs.conf.5": {"keyUsage": config.KEY_USAGES, "tlsfeature": config.TLS_FEATURES,
                                "hash": config.HASHES, "subject types": config.SUBJECT_TYPES},
@@ -215,6 +215,10 @@ def used(text: str, macro: str) -> set[str]:
             for w in macro_arguments(line, macro)}
 
 
+def defined_items(text: str) -> list[str]:
+    """The first word of each ``.It`` line of ``text``."""
+    return [line.split()[1] for line in text.splitlines() if line.startswith(".It ")]
+
 def options_defined(text: str) -> set[str]:
     return {"-" + flag for flag in defined(text, "Fl")}
 
@@ -346,10 +350,6 @@ def test_every_exit_code_is_documented(page):
     assert exit_codes() <= items
     if page == "lacme.8":
         assert items == exit_codes()
-
-
-def defined_items(text: str) -> list[str]:
-    return [line.split()[1] for line in text.splitlines() if line.startswith(".It ")]
 
 
 @pytest.mark.parametrize("page", ["lacme.8", "lacme-accountd.1"])
