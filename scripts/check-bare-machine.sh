@@ -251,8 +251,8 @@ main() {
     WORK=$(mktemp -d /var/tmp/lacme-bare.XXXXXX) || die "mktemp failed"
     name="lacme-bare-${WORK##*.}"
     trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
+    trap 'echo "check-bare-machine.sh: interrupted (SIGINT)" >&2; exit 130' INT
+    trap 'echo "check-bare-machine.sh: terminated (SIGTERM)" >&2; exit 143' TERM
     make_cgroups "$name"
 
     t0=$(now_ms)
