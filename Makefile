@@ -1,5 +1,6 @@
 # lacme: install the Python package, the systemd units, tmpfiles.d,
-# sysusers.d, the generator and the configuration files.
+# sysusers.d, the generator, the configuration files and the web server
+# snippets.
 #
 #   make install                     # into /usr/local, with pip
 #   make install DESTDIR=/tmp/stage PREFIX=/usr PIPFLAGS="--no-deps --no-build-isolation"
@@ -42,6 +43,8 @@ SUBST = sed -e 's|@bindir@|$(BINDIR)|g' -e 's|@docdir@|$(DOCDIR)|g'
 # Debian's interpreter adds "/local" to a pip --prefix (its posix_local
 # scheme): give it the prefix without it, so that files land in PREFIX.
 PIP_PREFIX = $(shell $(PYTHON) -c 'import sys, sysconfig; p = sys.argv[1]; print(p[:-6] if sysconfig.get_default_scheme() == "posix_local" and p.endswith("/local") else p)' '$(PREFIX)')
+# Web server snippets for /.well-known/acme-challenge/ (see README.md).
+SNIPPETS = nginx.conf nginx-static.conf apache2.conf apache2-static.conf
 WIRING_CONF = $(if $(filter systemd,$(WIRING)),etc/systemd/lacme.conf,etc/lacme.conf)
 
 .PHONY: all install install-python install-venv install-prefix install-units \
@@ -87,7 +90,7 @@ install-generator:
 install-etc:
 	$(INSTALL) -d -m 0755 $(CONFDIR) $(CONFDIR)/lacme-certs.conf.d
 	test -e $(CONFDIR)/lacme.conf || $(INSTALL) -m 0644 $(WIRING_CONF) $(CONFDIR)/lacme.conf
-	for f in lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README; do \
+	for f in lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README $(SNIPPETS); do \
 		test -e $(CONFDIR)/$$f || $(INSTALL) -m 0644 etc/$$f $(CONFDIR)/$$f || exit 1; \
 	done
 
