@@ -3,8 +3,9 @@
 ``FrontServer`` writes a configuration of its own for Debian's ``nginx``
 (nginx-light) or ``apache2`` under a directory of the test, with two
 servers: plain HTTP on ``http_port`` (where Pebble's VA fetches http-01
-answers), whose only content is an ``include`` of a lacme snippet, and TLS
-on ``tls_port`` with the certificate and key lacme installs.  It runs the
+answers), a site that includes a lacme snippet (the example site of the
+snippet's own comments, ``documented_site``, or a bare one), and TLS on
+``tls_port`` with the certificate and key lacme installs.  It runs the
 server in the foreground as a child of the test (root; the workers drop to
 www-data, as the packages do), reloads it the way a ``notify`` command would
 and stops it.  ``copy_snippet`` copies a SHIPPED snippet of etc/ changing
@@ -244,25 +245,9 @@ Listen 127.0.0.1:{self.tls_port}
         return f"<VirtualHost 127.0.0.1:{self.http_port}>\n{root}\nInclude {include}\n</VirtualHost>"
 
     def documented_site(self, snippet: str, copy: Path | None) -> str:
-        """The example port-80 site of etc/SNIPPET's comments, on
-        ``http_port``, including the copy ``copy`` (None: without its
-        include line, for a snippet included outside the site)."""
-        lines = (SNIPPET_DIR / snippet).read_text().splitlines()
-        opening = "#   server {" if self.kind == "nginx" else "#   <VirtualHost *:80>"
-        closing = "#   }" if self.kind == "nginx" else "#   </VirtualHost>"
-        first = lines.index(opening)
-        block = lines[first:lines.index(closing, first) + 1]
-        include = f"/etc/lacme/{snippet}"
-        if not any(line.endswith(include) or line.endswith(include + ";") for line in block):
-            raise AssertionError(f"etc/{snippet}: its example does not include {include}")
-        if copy is None:
-            block = [line for line in block if include not in line]
-        if self.kind == "nginx":
-            block.insert(-1, "#       " + NGINX_SITE_RULE)
-        text = "\n".join(line[len("#   "):] for line in block)
-        listen = ("listen 80;", f"listen 127.0.0.1:{self.http_port};") if self.kind == "nginx" \
-            else ("<VirtualHost *:80>", f"<VirtualHost 127.0.0.1:{self.http_port}>")
-        return text.replace(*listen).replace(include, str(copy))
+        """The example site of etc/SNIPPET's comments on ``http_port``
+        (see ``documented_site``)."""
+        return documented_site(self.kind, snippet, self.http_port, copy)
 
     # -- processes ----------------------------------------------------------------
 
@@ -327,6 +312,29 @@ Listen 127.0.0.1:{self.tls_port}
             return self.error_log.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return []
+
+
+def documented_site(kind: str, snippet: str, port: int, copy: Path | str | None) -> str:
+    """The example port-80 site of etc/SNIPPET's comments, on 127.0.0.1:``port``,
+    including ``copy`` (a copy of the snippet, or the installed path itself;
+    None: without its include line, for a snippet included outside the site).
+    nginx sites get a common rule of their own (``NGINX_SITE_RULE``) too."""
+    lines = (SNIPPET_DIR / snippet).read_text().splitlines()
+    opening = "#   server {" if kind == "nginx" else "#   <VirtualHost *:80>"
+    closing = "#   }" if kind == "nginx" else "#   </VirtualHost>"
+    first = lines.index(opening)
+    block = lines[first:lines.index(closing, first) + 1]
+    include = f"/etc/lacme/{snippet}"
+    if not any(line.endswith(include) or line.endswith(include + ";") for line in block):
+        raise AssertionError(f"etc/{snippet}: its example does not include {include}")
+    if copy is None:
+        block = [line for line in block if include not in line]
+    if kind == "nginx":
+        block.insert(-1, "#       " + NGINX_SITE_RULE)
+    text = "\n".join(line[len("#   "):] for line in block)
+    listen = ("listen 80;", f"listen 127.0.0.1:{port};") if kind == "nginx" \
+        else ("<VirtualHost *:80>", f"<VirtualHost 127.0.0.1:{port}>")
+    return text.replace(*listen).replace(include, str(copy))
 
 
 def challenge_fetches(lines: list[str], status: int = 200) -> list[str]:
