@@ -163,6 +163,7 @@ class FrontServer:
         and TLS on ``tls_port`` with ``certificate`` and ``key``."""
         text = (self._nginx(site, certificate, key) if self.kind == "nginx"
                 else self._apache(site, certificate, key, top))
+        (self.home / "temp").mkdir(exist_ok=True)
         self.conf.write_text(text)
         return self.conf
 
@@ -262,7 +263,6 @@ Listen 127.0.0.1:{self.tls_port}
 
     def start(self) -> None:
         """Run in the foreground; return once both ports answer."""
-        (self.home / "temp").mkdir(exist_ok=True)
         foreground = ["-g", "daemon off;"] if self.kind == "nginx" else ["-DFOREGROUND"]
         with open(self.output_log, "ab") as out:
             self.process = subprocess.Popen(self.argv(*foreground), stdin=subprocess.DEVNULL,

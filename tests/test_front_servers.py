@@ -346,3 +346,21 @@ def test_snippet_documents_its_lacme_settings_and_include_line(name: str) -> Non
         assert f"listen = {DEFAULT_SOCKET}" in comments
     include = "include" if name.startswith("nginx") else "Include"
     assert re.search(rf"^#\s+{include} /etc/lacme/{re.escape(name)}", comments, re.M), name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_readme_example_site_passes_the_servers_configuration_test(kind: str, public: Path) -> None:
+    readme = (TREE_ROOT / "README.md").read_text().split("## A web server in front", 1)[1]
+    fence = "```nginx\n" if kind == "nginx" else "```apache\n"
+    site = readme.split(fence, 1)[1].split("```", 1)[0]
+    server = FrontServer(kind=kind, http_port=free_port(), tls_port=free_port(), home=public)
+    snippet = copy_snippet(PROXY_SNIPPETS[kind], public / "snippet.conf", {})
+    listen = ("listen 80;", f"listen 127.0.0.1:{server.http_port};") if kind == "nginx" \
+        else ("<VirtualHost *:80>", f"<VirtualHost 127.0.0.1:{server.http_port}>")
+    assert listen[0] in site and f"/etc/lacme/{PROXY_SNIPPETS[kind]}" in site
+    site = site.replace(*listen).replace(f"/etc/lacme/{PROXY_SNIPPETS[kind]}", str(snippet))
+    key = write_key(public / "tls.key", "p256")
+    write_self_signed(public / "tls.pem", key, "localhost")
+    server.write(site, public / "tls.pem", key)
+    done = server.check()
+    assert done.returncode == 0, done.stdout + done.stderr
