@@ -142,7 +142,7 @@ def test_proxy_snippet_carries_validation_to_the_socket_and_reload_serves_new_ce
 
 
 def test_proxy_snippet_without_socket_answers_5xx_and_logs_one_line_naming_it(
-        front: FrontServer, public: Path, tmp_path: Path) -> None:
+        front: FrontServer, public: Path) -> None:
     socket_path = public / "absent" / "lacme-www.socket"
     snippet = copy_snippet(PROXY_SNIPPETS[front.kind], public / "snippet.conf",
                            {DEFAULT_SOCKET: str(socket_path)})
