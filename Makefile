@@ -1,5 +1,6 @@
 # lacme: install the Python package, the systemd units, tmpfiles.d,
-# sysusers.d, the generator and the configuration files.
+# sysusers.d, the generator, the configuration files, the web server
+# snippets and the man pages.
 #
 #   make install                     # into /usr/local, with pip
 #   make install DESTDIR=/tmp/stage PREFIX=/usr PIPFLAGS="--no-deps --no-build-isolation"
@@ -17,6 +18,8 @@
 #   WIRING       systemd (default) or fork: which lacme.conf goes to
 #                SYSCONFDIR/lacme/lacme.conf; both land in DOCDIR/examples
 #   PIPFLAGS     extra pip options
+#   MANDIR       PREFIX/share/man; the pages of man/ go to MANDIR/man1,
+#                MANDIR/man5 and MANDIR/man8 by their suffix (make install-man)
 #   UNITDIR TMPFILESDIR SYSUSERSDIR GENERATORDIR DOCDIR  override one place
 
 DESTDIR ?=
@@ -30,6 +33,7 @@ GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 DOCDIR ?= $(PREFIX)/share/doc/lacme
+MANDIR ?= $(PREFIX)/share/man
 WIRING ?= systemd
 PIPFLAGS ?=
 
@@ -42,15 +46,18 @@ SUBST = sed -e 's|@bindir@|$(BINDIR)|g' -e 's|@docdir@|$(DOCDIR)|g'
 # Debian's interpreter adds "/local" to a pip --prefix (its posix_local
 # scheme): give it the prefix without it, so that files land in PREFIX.
 PIP_PREFIX = $(shell $(PYTHON) -c 'import sys, sysconfig; p = sys.argv[1]; print(p[:-6] if sysconfig.get_default_scheme() == "posix_local" and p.endswith("/local") else p)' '$(PREFIX)')
+# Web server snippets for /.well-known/acme-challenge/ (see README.md).
+SNIPPETS = nginx.conf nginx-static.conf apache2.conf apache2-static.conf
 WIRING_CONF = $(if $(filter systemd,$(WIRING)),etc/systemd/lacme.conf,etc/lacme.conf)
 
 .PHONY: all install install-python install-venv install-prefix install-units \
-	install-generator install-etc install-doc check check-wiring
+	install-generator install-etc install-doc install-man check check-wiring
 
 all:
 	@echo "nothing to build; see 'make install' (variables at the top of Makefile)"
 
-install: check-wiring install-python install-units install-generator install-etc install-doc
+install: check-wiring install-python install-units install-generator install-etc install-doc \
+	install-man
 
 check-wiring:
 	@case "$(WIRING)" in systemd|fork) ;; *) echo "Makefile: WIRING=$(WIRING): systemd or fork" >&2; exit 2;; esac
@@ -87,7 +94,7 @@ install-generator:
 install-etc:
 	$(INSTALL) -d -m 0755 $(CONFDIR) $(CONFDIR)/lacme-certs.conf.d
 	test -e $(CONFDIR)/lacme.conf || $(INSTALL) -m 0644 $(WIRING_CONF) $(CONFDIR)/lacme.conf
-	for f in lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README; do \
+	for f in lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README $(SNIPPETS); do \
 		test -e $(CONFDIR)/$$f || $(INSTALL) -m 0644 etc/$$f $(CONFDIR)/$$f || exit 1; \
 	done
 
@@ -96,6 +103,12 @@ install-doc:
 	$(INSTALL) -m 0644 docs/systemd.md $(DESTDIR)$(DOCDIR)/systemd.md
 	$(INSTALL) -m 0644 etc/lacme.conf $(DESTDIR)$(DOCDIR)/examples/lacme.conf.fork
 	$(INSTALL) -m 0644 etc/systemd/lacme.conf $(DESTDIR)$(DOCDIR)/examples/lacme.conf.systemd
+
+install-man:
+	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	$(INSTALL) -m 0644 man/*.1 $(DESTDIR)$(MANDIR)/man1
+	$(INSTALL) -m 0644 man/*.5 $(DESTDIR)$(MANDIR)/man5
+	$(INSTALL) -m 0644 man/*.8 $(DESTDIR)$(MANDIR)/man8
 
 check:
 	$(PYTHON) -m pytest -q

@@ -137,4 +137,7 @@ main() {
     echo "setup-debian.sh: ready ($root)"
 }
 
-main "$@"
+# Sourced (the tests, scripts/check-bare-machine.sh): functions only, no run.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi
