@@ -19,8 +19,14 @@ PACKAGES=(
     pebble lacme lacme-accountd libcrypt-openssl-rsa-perl
     libsystemd-dev pkg-config systemd-container iptables openssl gnupg
     python3-venv python3-dev python3-pip gcc make iproute2
-    nginx-light apache2 mandoc debootstrap
+    nginx-light apache2 mandoc groff-base man-db debootstrap
 )
+# Test peers that are daemons: the tests start instances of their own on
+# loopback ports.  Installing them must not start them on this machine's
+# port 80 (nginx and apache2 would even compete for it) nor enable them for
+# the next boot; a machine that already had them keeps them as they were.
+PEER_DAEMONS=(nginx-light:nginx apache2:apache2)
+POLICY_RC_D=${LACME_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 
 die() {
     echo "setup-debian.sh: $*" >&2
@@ -53,7 +59,21 @@ install_packages() {
         has_candidate "$package" || unknown+=("$package")
     done
     [ "${#unknown[@]}" -eq 0 ] || die "apt: no installation candidate for: ${unknown[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    local peers=() entry made_policy=0
+    for entry in "${PEER_DAEMONS[@]}"; do
+        [[ " ${missing[*]} " == *" ${entry%%:*} "* ]] && peers+=("${entry#*:}")
+    done
+    if [ "${#peers[@]}" -gt 0 ] && [ ! -e "$POLICY_RC_D" ]; then
+        # invoke-rc.d asks policy-rc.d; 101 means "action forbidden"
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC_D" && chmod 0755 "$POLICY_RC_D" && made_policy=1
+    fi
+    local status=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" || status=$?
+    [ "$made_policy" -eq 0 ] || rm -f "$POLICY_RC_D"
+    [ "$status" -eq 0 ] || die "apt-get install failed (exit $status)"
+    if [ "${#peers[@]}" -gt 0 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        systemctl disable --quiet "${peers[@]}" || true
+    fi
 }
 
 SID_DIR=${LACME_PEBBLE_SID_DIR:-/opt/lacme-pebble-sid}

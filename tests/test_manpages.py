@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import types
 import inspect
 import os
 import re
@@ -33,19 +34,24 @@ import pytest
 # packages: when a module moves, fix the module paths here and nothing else.
 
 CODE = {
-    "config": "lacme.config",          # *_SETTINGS, CERT_ALIASES, value lists, parse_ini, validate_*
-    "specifiers": "lacme.specifiers",  # SPECIFIER_CHARS, Identity
-    "errors": "lacme.errors",          # EXIT_*
-    "master": "lacme.master",          # build_parser, quick_parse, REASONS
-    "accountd": "lacme.accountd",      # parse_args
-    "client": "lacme.client",          # parse_args
-    "webserver": "lacme.webserver",    # _VALUE_OPTIONS, _FLAG_OPTIONS, _parse_with_argparse
-    "status": "lacme.status",          # METRICS, format_prometheus
+    # *_SETTINGS, CERT_ALIASES, value lists, parse_ini, validate_*: one namespace over the config modules
+    "config": ("lacme.config.ini", "lacme.config.master", "lacme.config.certs", "lacme.config.accountd"),
+    "specifiers": ("lacme.config.specifiers",),  # SPECIFIER_CHARS, Identity
+    "errors": ("lacme.core.errors",),            # EXIT_*
+    "master": ("lacme.master.main",),            # build_parser, quick_parse, REASONS
+    "accountd": ("lacme.accountd.main",),        # parse_args
+    "client": ("lacme.client.main",),            # parse_args
+    "webserver": ("lacme.webserver.main",),      # _VALUE_OPTIONS, _FLAG_OPTIONS, _parse_with_argparse
+    "status": ("lacme.master.status",),          # METRICS, format_prometheus
 }
 
 
 def code(name: str):
-    return importlib.import_module(CODE[name])
+    """The modules of CODE[name] as one namespace (the later module wins a clash)."""
+    merged: dict = {}
+    for module in CODE[name]:
+        merged.update(vars(importlib.import_module(module)))
+    return types.SimpleNamespace(**merged)
 
 
 def schemas() -> dict[str, dict[str, tuple[str, ...]]]:

@@ -168,3 +168,26 @@ def test_no_script_pipes_into_grep_q() -> None:
                  if re.search(r"\|\s*grep\s+(-\w*q|--quiet|--silent)", line)
                  and not line.lstrip().startswith("#")]
     assert offenders == []
+
+
+def test_installing_web_server_peers_does_not_start_them(stubs: Path, tmp_path: Path) -> None:
+    # apt runs with a policy-rc.d that forbids starting daemons, removed afterwards
+    policy = tmp_path / "policy-rc.d"
+    (stubs / "apt-get").write_text(
+        "#!/bin/bash\n"
+        f'if [ "$1" = install ]; then {policy} start nginx; echo "policy=$?" >>"$STUB_LOG"; fi\n'
+        'echo "apt-get $*" >>"$STUB_LOG"\n')
+    done = source_and_run(stubs, f"POLICY_RC_D={policy}\nPACKAGES=(present-a present-web)\n"
+                          "PEER_DAEMONS=(present-web:nginx)\ninstall_packages")
+    assert done.returncode == 0, done.stderr
+    assert "policy=101" in apt_get_calls(stubs)
+    assert not policy.exists()
+
+
+def test_an_existing_policy_rc_d_is_left_alone(stubs: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 0\n")
+    done = source_and_run(stubs, f"POLICY_RC_D={policy}\nPACKAGES=(present-web)\n"
+                          "PEER_DAEMONS=(present-web:nginx)\ninstall_packages")
+    assert done.returncode == 0, done.stderr
+    assert policy.read_text() == "#!/bin/sh\nexit 0\n"
