@@ -10,6 +10,7 @@ files are empty, and no module or class outgrows a size a reader can hold.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,16 @@ def test_modules_stay_readable(path):
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_programs_run_with_python_m(program):
     assert (PACKAGE / program / "__main__.py").exists()
+
+
+SUPPRESSION = re.compile(r"#\s*(noqa(?::\s*[A-Z]+[0-9]+(?:\s*,\s*[A-Z]+[0-9]+)*)?|type:\s*ignore(?:\[[\w, -]+\])?)(.*)")
+
+
+@pytest.mark.parametrize("path", modules(), ids=rel)
+def test_every_suppression_says_why(path):
+    # "# noqa: BLE001 - whatever the CA sent" or "# type: ignore[x]  # why": a reason on the line
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = SUPPRESSION.search(line)
+        if match:
+            reason = match.group(2).strip(" -#:")
+            assert reason, f"{rel(path)}:{number}: {match.group(1)} without a reason"

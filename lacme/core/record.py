@@ -62,8 +62,8 @@ class Record:
 
     def __init_subclass__(cls, frozen: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # the class's own annotations; inspect.get_annotations would import inspect
-        own = [name for name, kind in cls.__dict__.get("__annotations__", {}).items()  # noqa: RUF063
+        annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063 - inspect is too costly
+        own = [name for name, kind in annotations.items()
                if not str(kind).startswith(("ClassVar", "typing.ClassVar"))]
         fields = tuple(dict.fromkeys((*cls._fields, *own)))
         defaults = dict(cls._defaults)

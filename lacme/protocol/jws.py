@@ -101,7 +101,8 @@ def int_to_bytes(value: int, size: int | None = None) -> bytes:
 
 def jwk_thumbprint(jwk: dict) -> str:
     """RFC 7638: base64url(SHA-256(canonical JSON of the required members))."""
-    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
+    kty = jwk.get("kty")
+    members = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None
     if members is None:
         raise ValueError(f"JWK: unsupported kty {jwk.get('kty')!r}")
     missing = [m for m in members if not isinstance(jwk.get(m), str)]
