@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lacme.master.main import build_parser, parse_args, quick_parse
+from lacme.master.cli import build_parser
+from lacme.master.main import parse_args, quick_parse
 
 TOKENS = ["newOrder", "new-order", "new-cert", "status", "account", "--config", "--config=c",
           "--config=", "--conf=c", "--socket", "--socket=s", "-q", "--quiet", "-qq", "--debug",

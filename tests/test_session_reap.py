@@ -1,4 +1,4 @@
-"""How the master stops its children (lacme.master.run): every child reaped
+"""How the master stops its children (lacme.master.children): every child reaped
 together, a stubborn one terminated then killed, a failed start named."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 
-from lacme.master.run import _Child, _reap_all
+from lacme.master.children import _Child, reap_all
 
 
 def spawn(script: str) -> int:
@@ -25,14 +25,14 @@ def gone(pid: int) -> bool:
 
 def test_every_child_is_reaped():
     pids = [spawn("sleep 0.2"), spawn("exit 3"), spawn("sleep 0.1")]
-    _reap_all([_Child(pid, f"child {pid}", grace=10.0, terminate=False) for pid in pids])
+    reap_all([_Child(pid, f"child {pid}", grace=10.0, terminate=False) for pid in pids])
     assert all(gone(pid) for pid in pids)
 
 
 def test_stubborn_child_is_terminated_then_killed(caplog):
     caplog.set_level(logging.DEBUG, logger="lacme")
     pid = spawn("trap '' TERM; while :; do sleep 0.05; done")
-    _reap_all([_Child(pid, "the stubborn one", grace=0.2, terminate=False)])
+    reap_all([_Child(pid, "the stubborn one", grace=0.2, terminate=False)])
     assert gone(pid)
     assert "the stubborn one (pid" in caplog.text and "terminating it" in caplog.text
 
@@ -40,11 +40,11 @@ def test_stubborn_child_is_terminated_then_killed(caplog):
 def test_terminated_children_end_at_once():
     pid = spawn("sleep 30")
     os.kill(pid, signal.SIGTERM)
-    _reap_all([_Child(pid, "sleeper", grace=60.0, terminate=True)])
+    reap_all([_Child(pid, "sleeper", grace=60.0, terminate=True)])
     assert gone(pid)
 
 
 def test_child_that_could_not_start_is_named(caplog):
     pid = spawn("exit 127")
-    _reap_all([_Child(pid, "the ACME client", grace=5.0, terminate=False)])
+    reap_all([_Child(pid, "the ACME client", grace=5.0, terminate=False)])
     assert "the ACME client could not be started" in caplog.text

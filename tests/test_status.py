@@ -136,7 +136,7 @@ def test_status_prometheus_textfile_is_written_atomically(conf):
     assert 'lacme_certificate_problem{section="www"} 0.000' in text
     assert "# TYPE lacme_ari_window_start_seconds gauge" in text
     assert 'lacme_certificate_not_after_seconds{section="mail"}' not in text
-    assert not [p for p in conf.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in conf.iterdir() if ".lacme-tmp." in p.name or p.name.endswith(".tmp")]
 
 
 def test_status_unknown_section_is_usage_error(conf):

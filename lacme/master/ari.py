@@ -16,11 +16,6 @@ import base64
 from datetime import datetime
 
 from lacme.core.record import Record
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 from lacme.x509.der import (
     TAG_INTEGER,
     TAG_SEQUENCE,
@@ -30,6 +25,10 @@ from lacme.x509.der import (
     parse_time,
     read_tlv,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 TAG_EXTENSIONS = 0xA3  # [3] EXPLICIT Extensions
 TAG_OID = 0x06

@@ -41,13 +41,13 @@ class ChallengeDirectory:
         self._published: set[str] = set()
 
     @classmethod
-    def create_private(cls) -> "ChallengeDirectory":
+    def create_private(cls) -> ChallengeDirectory:
         path = tempfile.mkdtemp(prefix="lacme-challenges.")
         os.chmod(path, 0o711)
         return cls(path, private=True)
 
     @classmethod
-    def open_shared(cls, path: str) -> "ChallengeDirectory":
+    def open_shared(cls, path: str) -> ChallengeDirectory:
         """Lock and check the configured ``challenge-directory``."""
         where = f"[webserver] challenge-directory {path}"
         try:

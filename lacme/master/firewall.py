@@ -79,7 +79,7 @@ def _run(argv: list[str]) -> str:
     except subprocess.CalledProcessError as exc:
         detail = exc.stderr.decode(errors="replace").strip().splitlines()
         raise LacmeError(f"[webserver] iptables: {' '.join(argv)}: "
-                         f"{detail[-1] if detail else 'exit status %d' % exc.returncode}") from None
+                         f"{detail[-1] if detail else f'exit status {exc.returncode}'}") from None
     except subprocess.TimeoutExpired:
         raise LacmeError(f"[webserver] iptables: {argv[0]}: timed out") from None
     return done.stdout.decode("latin-1")

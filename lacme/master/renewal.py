@@ -128,7 +128,7 @@ def choose_moment(window: Window, lifetime: Lifetime, now: float,
     if usable.end <= usable.start:
         return usable.start
     if rng is None:
-        import random  # noqa: PLC0415 - only when an ARI window is learned
+        import random  # only when an ARI window is learned
 
         return random.uniform(usable.start, usable.end)
     return rng.uniform(usable.start, usable.end)

@@ -10,10 +10,11 @@ lacme.conf; else ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=lacme``
 sets it); else ``/var/lib/lacme`` for root and
 ``${XDG_STATE_HOME:-~/.local/state}/lacme`` for other users.
 
-One JSON file, ``renewal.json``, replaced atomically (temporary file,
-fsync, rename) under an flock on ``renewal.lock``; entries are merged one by
-one so that concurrent runs for other sections lose nothing.  Entries are
-keyed by section name and certificate path.  Nothing in it is secret.
+One JSON file, ``renewal.json``, replaced atomically (``lacme.core.atomic``:
+temporary file, fsync, rename) under an flock on ``renewal.lock``; entries
+are merged one by one so that concurrent runs for other sections lose
+nothing.  Entries are keyed by section name and certificate path.  Nothing
+in it is secret.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 
+from lacme.core.errors import LacmeError
 from lacme.core.record import Record
 
 TYPE_CHECKING = False
@@ -66,7 +68,7 @@ class Entry(Record):
         return entry_key(self.section, self.path)
 
     def for_certificate(self, cert_id: str | None, not_before: float | None,
-                        not_after: float | None) -> "Entry":
+                        not_after: float | None) -> Entry:
         """This entry for the installed certificate: what was learned about
         another certificate (window, moment, next check) is dropped."""
         if cert_id == self.cert_id and not_after == self.not_after:
@@ -197,9 +199,14 @@ class StateStore:
             log.warning("%s: cannot save the renewal state (%s)", self.path,
                         exc.strerror or exc)
             return False
+        except LacmeError as exc:  # replace_file: "PATH: reason"
+            log.warning("cannot save the renewal state: %s", exc)
+            return False
         return True
 
     def _save(self, entries: list[Entry]) -> None:
+        from lacme.core.atomic import replace_file  # secrets and re: not on a no-op run's path
+
         os.makedirs(self.directory, mode=0o755, exist_ok=True)
         lock_fd = os.open(os.path.join(self.directory, LOCK_FILE),
                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -211,31 +218,10 @@ class StateStore:
                 current[entry.key] = entry.replace(updated=now)
             current = {k: e for k, e in current.items() if not _stale(e, now)}
             data = dump_state(current).encode("utf-8")
-            self._write(data)
+            replace_file(self.path, data, 0o644)
             self._seen = (data, current)
         finally:
             os.close(lock_fd)
-
-    def _write(self, data: bytes) -> None:
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _stale(entry: Entry, now: float) -> bool:

@@ -1,10 +1,12 @@
 """``lacme status``: what each certificate section looks like, for people and machines.
 
-Pure: the master (root, or any user who can read the configuration and
-the certificates) gathers the facts (configuration, certificate dates, the
-renewal state file) and hands them here; this module turns them into a
-``SectionStatus`` per section, a text table, JSON, or a Prometheus textfile
-(node_exporter's textfile collector format).  It contacts nobody.
+Run by the master (root, or any user who can read the configuration and
+the certificates).  ``status`` gathers the facts (configuration,
+certificate dates, the renewal state file) and decides as newOrder would
+(``lacme.master.plan``); the rest is pure: a ``SectionStatus`` per
+section, turned into a text table, JSON, or a Prometheus textfile
+(node_exporter's textfile collector format, replaced atomically).  It
+contacts nobody.
 
 A section has a problem (exit status 1) when its certificate is missing,
 unreadable or expired, when less than 1/8 of its lifetime is left (renewal
@@ -15,14 +17,49 @@ attempt failed.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 
-from lacme.core.record import Record
-from lacme.master.renewal import Lifetime, near_expiry
-from lacme.master.state import Entry
+from lacme.config.schema import CertSection, MasterConfig
+from lacme.config.specifiers import Identity
+from lacme.core.errors import LacmeError, UsageError
+from lacme.core.record import Record, replace
+from lacme.master.plan import format_time, lifetime_of, load_sections, read_facts
+from lacme.master.renewal import Lifetime, decide, decide_min_days, near_expiry
+from lacme.master.state import Entry, StateStore, default_directory, entry_key
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+
+def status(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> int:
+    """The status command: the report on stdout (and the textfile); its exit status."""
+    sections = load_sections(cfg, args, ident)
+    names = list(args.section) if args.section else sorted(sections)
+    unknown = [n for n in names if n not in sections]
+    if unknown:
+        raise UsageError(f"no such section: {', '.join(f'[{n}]' for n in unknown)}")
+    entries = StateStore(default_directory(cfg.state_directory)).load()
+    now = time.time()
+    statuses = [section_status(sections[n], entries, now) for n in names]
+    if args.prometheus:
+        write_prometheus(args.prometheus, format_prometheus(statuses, now))
+    text = format_json(statuses) if args.json else format_text(statuses)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return exit_status(statuses)
+
+
+def write_prometheus(path: str, text: str) -> None:
+    """Atomically, as node_exporter's textfile collector wants (no partial file)."""
+    from lacme.core.atomic import replace_file
+
+    try:
+        replace_file(path, text.encode("utf-8"), 0o644)
+    except LacmeError as exc:
+        raise LacmeError(f"--prometheus {exc}") from None
 
 
 class SectionStatus(Record):
@@ -54,6 +91,40 @@ class SectionStatus(Record):
         return out
 
 
+def section_status(section: CertSection, entries: dict[str, Entry], now: float) -> SectionStatus:
+    """What ``section`` looks like now, decided as newOrder would."""
+    path = section.certificate_chain or section.certificate or ""
+    facts, unreadable = read_facts(path)
+    entry = entries.get(entry_key(section.name, path))
+    if entry is not None and facts is not None:
+        current = entry.for_certificate(facts.cert_id or f"serial:{facts.serial_hex}",
+                                        facts.not_before.timestamp(), facts.not_after.timestamp())
+        if current is not entry:  # installed by something else: what was learned is stale
+            entry = replace(current, last_outcome=entry.last_outcome, last_error=entry.last_error)
+    lifetime = lifetime_of(facts)
+    decision = (decide_min_days(lifetime, section.min_days, now) if section.min_days is not None
+                else decide(lifetime, entry.chosen if entry else None, now))
+    return SectionStatus(
+        section=section.name,
+        identifiers=tuple(v for _, v in section.identifiers),
+        file=path, profile=section.profile,
+        not_before=lifetime.not_before if lifetime else None,
+        not_after=lifetime.not_after if lifetime else None,
+        renew_at=decision.renew_at if decision.renew_at is not None else now,
+        renew_reason=decision.reason,
+        window_start=entry.window_start if entry else None,
+        window_end=entry.window_end if entry else None,
+        chosen=entry.chosen if entry else None,
+        next_check=entry.next_check if entry else None,
+        explanation_url=entry.explanation_url if entry else None,
+        last_outcome=entry.last_outcome if entry else None,
+        last_attempt=entry.last_attempt if entry else None,
+        last_success=entry.last_success if entry else None,
+        last_error=entry.last_error if entry else None,
+        problem=find_problem(lifetime, unreadable, entry, now),
+    )
+
+
 def find_problem(lifetime: Lifetime | None, unreadable: str | None, entry: Entry | None,
                  now: float) -> str | None:
     """Why monitoring should look at this section, or None."""
@@ -78,10 +149,6 @@ def format_rfc3339(when: float | None) -> str | None:
     if when is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-
-
-def format_time(when: float | None) -> str:
-    return "-" if when is None else time.strftime(TIME_FORMAT, time.gmtime(when))
 
 
 def format_json(statuses: Sequence[SectionStatus]) -> str:
