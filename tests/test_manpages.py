@@ -38,7 +38,7 @@ CODE = {
     "config": ("lacme.config.ini", "lacme.config.master", "lacme.config.certs", "lacme.config.accountd"),
     "specifiers": ("lacme.config.specifiers",),  # SPECIFIER_CHARS, Identity
     "errors": ("lacme.core.errors",),            # EXIT_*
-    "master": ("lacme.master.main",),            # build_parser, quick_parse, REASONS
+    "master": ("lacme.master.main", "lacme.master.cli"),  # build_parser, quick_parse, REASONS
     "accountd": ("lacme.accountd.main",),        # parse_args
     "client": ("lacme.client.main",),            # parse_args
     "webserver": ("lacme.webserver.main",),      # _VALUE_OPTIONS, _FLAG_OPTIONS, _parse_with_argparse

@@ -82,7 +82,7 @@ class Record:
         cls._fields, cls._defaults, cls._frozen = fields, defaults, frozen
         setattr(cls, "__match_args__", fields)  # noqa: B010 - the field names are known only here
         if "__hash__" not in cls.__dict__:
-            cls.__hash__ = Record._hash if frozen else None  # type: ignore[assignment]
+            cls.__hash__ = Record._hash if frozen else None  # type: ignore[assignment]  # None: unhashable, as for mutable dataclasses
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         fields, name = self._fields, type(self).__name__

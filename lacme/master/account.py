@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from lacme.config.schema import MasterConfig
+from lacme.config.master import MasterConfig
 from lacme.core.errors import EXIT_OK
 from lacme.master.run import ClientSession
 

@@ -24,7 +24,7 @@ import time
 from contextlib import ExitStack
 
 from lacme.config.defaults import run_deadline
-from lacme.config.schema import AccountdSettings, ListenAddress, MasterConfig
+from lacme.config.master import AccountdSettings, ListenAddress, MasterConfig
 from lacme.config.specifiers import Identity, expand
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError

@@ -14,7 +14,7 @@ import os
 import time
 
 from lacme.config.defaults import run_deadline
-from lacme.config.schema import MasterConfig
+from lacme.config.master import MasterConfig
 from lacme.core.errors import LacmeError
 
 log = logging.getLogger("lacme")

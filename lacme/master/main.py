@@ -35,7 +35,7 @@ import logging
 import sys
 
 from lacme.config.defaults import DEFAULT_MASTER_CONFIG, NEW_ORDER_COMMANDS
-from lacme.config.schema import load_master_config
+from lacme.config.master import load_master_config
 from lacme.config.specifiers import Identity, expand
 from lacme.core.errors import EXIT_FAILURE, LacmeError, UsageError
 from lacme.core.log import exit_now

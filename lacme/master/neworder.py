@@ -19,7 +19,8 @@ import logging
 import os
 import time
 
-from lacme.config.schema import CertSection, MasterConfig
+from lacme.config.certs import CertSection
+from lacme.config.master import MasterConfig
 from lacme.config.specifiers import Identity
 from lacme.core import journal
 from lacme.core.errors import EXIT_FAILURE, EXIT_OK, LacmeError
@@ -141,7 +142,7 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
 def build_csrs(due: list[Plan], pending: dict[str, Plan]) -> int:
     """A CSR for each plan; those made go into ``pending``.  EXIT_FAILURE if one
     could not be made (recorded)."""
-    from lacme.x509 import chain as x509  # only now is there work: the heavier modules come in here
+    from lacme.x509 import csr, keys  # only now is there work: the heavier modules come in here
 
     rv = EXIT_OK
     for plan in due:
@@ -149,10 +150,10 @@ def build_csrs(due: list[Plan], pending: dict[str, Plan]) -> int:
         log.info("[%s] renewing: %s", section.name, plan.decision.reason,
                  extra={"LACME_SECTION": section.name})
         try:
-            key = x509.load_private_key(section.certificate_key)
-            plan.csr = x509.build_csr(key, section.subject, section.names,
-                                      key_usage=section.key_usage, tlsfeature=section.tlsfeature,
-                                      hash_name=section.hash, ip_addresses=section.ip_addresses)
+            key = keys.load_private_key(section.certificate_key)
+            plan.csr = csr.build_csr(key, section.subject, section.names,
+                                     key_usage=section.key_usage, tlsfeature=section.tlsfeature,
+                                     hash_name=section.hash, ip_addresses=section.ip_addresses)
         except LacmeError as exc:
             _record_failure(plan, f"cannot build the CSR: {exc}")
             rv = EXIT_FAILURE

@@ -17,7 +17,8 @@ import logging
 import os
 import time
 
-from lacme.config.schema import CertSection, MasterConfig, load_cert_sections
+from lacme.config.certs import CertSection, load_cert_sections
+from lacme.config.master import MasterConfig
 from lacme.config.specifiers import Identity, expand
 from lacme.core import journal
 from lacme.core.errors import LacmeError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-from lacme.config.schema import MasterConfig
+from lacme.config.master import MasterConfig
 from lacme.core.errors import EXIT_FAILURE, EXIT_OK, LacmeError
 from lacme.core.record import replace
 from lacme.master.run import ClientSession

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any
 
-from lacme.config.schema import MasterConfig
+from lacme.config.master import MasterConfig
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError, ProtocolError
 from lacme.master.challenges import ChallengeDirectory

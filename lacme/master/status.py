@@ -21,7 +21,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from lacme.config.schema import CertSection, MasterConfig
+from lacme.config.certs import CertSection
+from lacme.config.master import MasterConfig
 from lacme.config.specifiers import Identity
 from lacme.core.errors import LacmeError, UsageError
 from lacme.core.record import Record, replace
