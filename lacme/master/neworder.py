@@ -134,7 +134,7 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
     for sid in installed:
         if not _notify(pending[sid].section):
             rv = EXIT_FAILURE
-    if installed and _under_systemd():
+    if installed:
         rv = max(rv, _notify_units(installed))
     return rv
 
@@ -251,13 +251,11 @@ def _notify(section: CertSection) -> bool:
     return True
 
 
-def _under_systemd() -> bool:
-    return bool(os.environ.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
-
-
 def _notify_units(sections: list[str]) -> int:
-    try:
-        from lacme.systemd.glue import start_notify_units
-    except ImportError:
+    """Start the notify units of the renewed sections where systemd has them
+    (lacme.systemd.glue.notify_units_available), whoever started the master."""
+    from lacme.systemd.glue import notify_units_available, start_notify_units
+
+    if not notify_units_available():
         return EXIT_OK
     return EXIT_OK if start_notify_units(sections) == 0 else EXIT_FAILURE

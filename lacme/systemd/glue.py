@@ -1,6 +1,9 @@
 """systemd glue of the master: the notify units of renewed certificates.
 
-``start_notify_units`` is run by the master (root) after a renewal; it
+``notify_units_available`` tells whether they are to be used: systemd is
+PID 1 and lacme-notify@.service is installed, however the master was
+started (by lacme-renew.service, by hand, by cron).  ``start_notify_units``
+is run by the master (root) after a renewal; it
 starts lacme-notify@SECTION.service for every renewed section in ONE
 systemd transaction (see below), with instance names escaped as
 systemd-escape(1) does.  (The journald MESSAGE_IDs of the events are in
@@ -11,6 +14,7 @@ Escaping".
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import uuid
 from collections.abc import Sequence
@@ -21,6 +25,11 @@ log = logging.getLogger("lacme")
 
 
 NOTIFY_TEMPLATE = "lacme-notify@{}.service"
+# Where systemd looks for system units installed as files (systemd.unit(5),
+# "Unit File Load Path"), the administrator's and the runtime ones first.
+UNIT_PATH = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
+             "/usr/lib/systemd/system", "/lib/systemd/system")
+BOOTED_MARK = "/run/systemd/system"  # exists iff systemd is PID 1 (sd_booted(3))
 UNIT_NAME_MAX = 255  # systemd's UNIT_NAME_MAX (256) less the terminating NUL
 NOTIFY_TIMEOUT = 600.0  # seconds; lacme-notify@.service itself stops at 5 min
 
@@ -29,6 +38,18 @@ _KEPT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 
 # --------------------------------------------------------------------------
 # unit names
+
+def notify_units_available() -> bool:
+    """Whether renewals are announced through lacme-notify@SECTION.service:
+    systemd runs the machine and the template unit is installed.
+
+    This is a fact of the running system, not of how the master was started:
+    ``lacme newOrder`` run by hand as root reloads what the timer's run would."""
+    if not os.path.isdir(BOOTED_MARK):
+        return False
+    template = NOTIFY_TEMPLATE.format("")
+    return any(os.path.exists(os.path.join(directory, template)) for directory in UNIT_PATH)
+
 
 def escape_instance(name: str) -> str:
     """``name`` escaped as ``systemd-escape NAME`` prints it.

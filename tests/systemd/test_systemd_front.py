@@ -180,3 +180,19 @@ def test_timer_renewal_validates_through_nginx_and_reload_serves_new_certificate
     assert box.wait_journal(after=cursor, UNIT="nginx.service", MESSAGE_ID=UNIT_RELOADED)
     assert wait_for_serial(front.tls_port, front.name, leaf.serial_number) == leaf.serial_number
     assert leaf.serial_number != front.throwaway.serial_number
+
+
+def test_renewal_by_hand_reloads_nginx_as_the_timer_run_does(front: Front) -> None:
+    # An administrator's `lacme newOrder --force` in a root shell (no
+    # INVOCATION_ID: box.run enters the box with nsenter) after a key
+    # compromise: the notify units run all the same, so nginx serves the
+    # certificate just installed.
+    box = front.box
+    before = served_serial(front.tls_port, front.name)
+    cursor = box.cursor()
+    proc = box.run(f"{VENV}/bin/lacme", "newOrder", "--force", SECTION, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    leaf = x509.load_pem_x509_certificates(box.host_path(f"{CERT_DIR}/chain.pem").read_bytes())[0]
+    assert leaf.serial_number != before
+    assert box.wait_journal(after=cursor, UNIT="lacme-reload@nginx.service", MESSAGE_ID=UNIT_STARTED)
+    assert wait_for_serial(front.tls_port, front.name, leaf.serial_number) == leaf.serial_number
