@@ -5,6 +5,11 @@ groups reduced to the one group, then gid, then uid (in that order, since
 after setuid nothing else may change), and the result verified, so that a
 half-dropped process never runs a component.  An empty user or group skips
 that part of the drop, as the manual says (not recommended).
+
+``why_not_executable`` runs there too, after the drop and only when exec
+failed: it walks the command's path (symbolic links followed, then the
+``#!`` interpreter of a script) as the dropped user, to name the directory
+that user cannot search or the file it cannot execute.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 
 from lacme.core.errors import PrivilegeError
 from lacme.core.record import Record
@@ -91,3 +97,72 @@ def clean_environment(creds: Credentials, extra: dict[str, str] | None = None) -
     if extra:
         env.update(extra)
     return env
+
+
+MAX_SYMLINKS = 40  # the kernel's limit (path_resolution(7))
+
+
+def why_not_executable(path: str, search_path: str = SAFE_PATH) -> str:
+    """Why the current user cannot execute ``path``: one clause about "that
+    user" (the caller names it), e.g. "/root is not searchable by that user";
+    "" when nothing on the way explains it (a noexec mount, a security module)."""
+    if "/" not in path:
+        for directory in (d for d in search_path.split(os.pathsep) if d):
+            if os.path.lexists(os.path.join(directory, path)):
+                return _walk(os.path.join(directory, path), depth=0)
+        return f"{path} is not found in PATH={search_path}"
+    return _walk(path, depth=0)
+
+
+def _walk(path: str, depth: int) -> str:
+    """The first step of ``path`` that the current user cannot take: each
+    directory must be searchable, symbolic links are followed, the file must
+    be executable and so must a script's interpreter."""
+    current = "/" if path.startswith("/") else "."
+    parts = [p for p in path.split("/") if p and p != "."]
+    links = 0
+    mode = os.stat(current).st_mode
+    while parts:
+        if not os.access(current, os.X_OK):
+            return f"{current} is not searchable by that user"
+        step = os.path.normpath(os.path.join(current, parts.pop(0)))  # no link in current
+        try:
+            mode = os.lstat(step).st_mode
+        except FileNotFoundError:
+            return f"{step} does not exist"
+        except OSError as exc:
+            return f"{step}: {exc.strerror}"
+        if stat.S_ISLNK(mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                return f"{path}: too many levels of symbolic links"
+            target = os.readlink(step)
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            current = "/" if target.startswith("/") else current
+            mode = os.stat(current).st_mode
+        elif parts and not stat.S_ISDIR(mode):
+            return f"{step} is not a directory"
+        else:
+            current = step
+    if stat.S_ISDIR(mode):
+        return f"{current} is a directory"
+    if not os.access(current, os.X_OK):
+        return f"{current} is not executable by that user"
+    interpreter = _interpreter(current) if depth < 4 else None
+    if interpreter is None:
+        return ""
+    why = _walk(interpreter, depth + 1)
+    return f"its interpreter {interpreter}: {why}" if why else ""
+
+
+def _interpreter(path: str) -> str | None:
+    """The program named by a script's ``#!`` line, if it has one we may read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    return os.fsdecode(words[0]) if words else None
