@@ -90,13 +90,24 @@ install-generator:
 		'$(PYEXEC)' > $(DESTDIR)$(GENERATORDIR)/lacme-generator
 	chmod 0755 $(DESTDIR)$(GENERATORDIR)/lacme-generator
 
-# Configuration: never overwrite what is already there.
+# Configuration: never overwrite what is already there, and say what was
+# kept.  A kept lacme.conf (Debian's lacme leaves its fork-mode one) is
+# checked against WIRING by the configuration reader of this tree.
+ETC_FILES = lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README $(SNIPPETS)
+
 install-etc:
 	$(INSTALL) -d -m 0755 $(CONFDIR) $(CONFDIR)/lacme-certs.conf.d
-	test -e $(CONFDIR)/lacme.conf || $(INSTALL) -m 0644 $(WIRING_CONF) $(CONFDIR)/lacme.conf
-	for f in lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README $(SNIPPETS); do \
-		test -e $(CONFDIR)/$$f || $(INSTALL) -m 0644 etc/$$f $(CONFDIR)/$$f || exit 1; \
-	done
+	@kept=; \
+	for f in lacme.conf $(ETC_FILES); do \
+		src=etc/$$f; test $$f != lacme.conf || src=$(WIRING_CONF); \
+		if test -e $(CONFDIR)/$$f; then kept="$$kept $(CONFDIR)/$$f"; \
+		else echo "$(INSTALL) -m 0644 $$src $(CONFDIR)/$$f"; \
+			$(INSTALL) -m 0644 $$src $(CONFDIR)/$$f || exit 1; fi; \
+	done; \
+	if test -n "$$kept"; then echo "kept (existing files are never replaced):$$kept"; fi; \
+	case "$$kept " in *" $(CONFDIR)/lacme.conf "*) \
+		PYTHONPATH='$(CURDIR)' $(PYTHON) -m lacme.config.wiring '$(WIRING)' '$(DOCDIR)' \
+			'$(CONFDIR)/lacme.conf';; esac
 
 install-doc:
 	$(INSTALL) -d $(DESTDIR)$(DOCDIR)/examples
