@@ -14,7 +14,8 @@
 #   VENV         install the package into this virtual environment (created
 #                with "PYTHON -m venv" if absent); BINDIR is then VENV/bin
 #   BINDIR       where the programs are, as written into the units
-#   SYSCONFDIR   /etc; existing files there are never overwritten
+#   SYSCONFDIR   /etc; existing files there are never overwritten: they are
+#                listed, and a kept lacme.conf is checked against WIRING
 #   WIRING       systemd (default) or fork: which lacme.conf goes to
 #                SYSCONFDIR/lacme/lacme.conf; both land in DOCDIR/examples
 #   PIPFLAGS     extra pip options
