@@ -19,7 +19,7 @@ import pytest
 from lacme.config.master import load_master_config
 from lacme.config.specifiers import Identity
 from lacme.config.wiring import forked_by
-from tests.lacmeenv import TREE_ROOT
+from tests.lacmeenv import TREE_ROOT, public_dir
 
 DOCDIR = "/usr/local/share/doc/lacme"
 # Debian's lacme 0.8 ships lacme.conf with its three sections and every
@@ -127,3 +127,24 @@ def test_make_install_etc_unreadable_kept_conf_is_named(tmp_path):
 def test_shipped_configurations_have_the_wiring_they_say(path, forked):
     cfg = load_master_config(str(TREE_ROOT / path), Identity.current())
     assert forked_by(cfg) == forked
+
+
+def test_check_interpreter_names_directory_other_users_cannot_search(tmp_path):
+    """A Python behind a 0700 directory (like /root/.pyenv): the warning names
+    the directory; the install goes on (exit 0)."""
+    private = public_dir() / "home"
+    private.mkdir(mode=0o700)
+    python = private / "python3"
+    python.symlink_to("/usr/bin/python3")
+    done = make("check-interpreter", f"PYTHON={python}")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"warning: the installed programs run {python}: {private} is not searchable by other "
+        "users, so the components cannot run as their users; make install VENV=DIR "
+        "PYTHON=/usr/bin/python3 makes a venv they can run (see lacme(8), "
+        '"Components run as other users")']
+
+
+def test_check_interpreter_is_silent_for_the_system_python():
+    done = make("check-interpreter", "PYTHON=/usr/bin/python3")
+    assert done.returncode == 0 and done.stderr == "", done.stderr

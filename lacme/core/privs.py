@@ -9,7 +9,9 @@ that part of the drop, as the manual says (not recommended).
 ``why_not_executable`` runs there too, after the drop and only when exec
 failed: it walks the command's path (symbolic links followed, then the
 ``#!`` interpreter of a script) as the dropped user, to name the directory
-that user cannot search or the file it cannot execute.
+that user cannot search or the file it cannot execute.  ``make install``
+makes the same walk over the programs' interpreter with the permission bits
+of "others" (``why_others_cannot_execute``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Callable
 
 from lacme.core.errors import PrivilegeError
 from lacme.core.record import Record
@@ -109,22 +112,37 @@ def why_not_executable(path: str, search_path: str = SAFE_PATH) -> str:
     if "/" not in path:
         for directory in (d for d in search_path.split(os.pathsep) if d):
             if os.path.lexists(os.path.join(directory, path)):
-                return _walk(os.path.join(directory, path), depth=0)
+                return _walk(os.path.join(directory, path), _may_execute, "that user")
         return f"{path} is not found in PATH={search_path}"
-    return _walk(path, depth=0)
+    return _walk(path, _may_execute, "that user")
 
 
-def _walk(path: str, depth: int) -> str:
-    """The first step of ``path`` that the current user cannot take: each
-    directory must be searchable, symbolic links are followed, the file must
-    be executable and so must a script's interpreter."""
+def why_others_cannot_execute(path: str) -> str:
+    """Why users other than the owners (the components' users) cannot execute
+    ``path``, from the permission bits for "others" alone; "" if they can.
+    For ``make install``, about the interpreter of the installed programs."""
+    return _walk(path, _others_may_execute, "other users")
+
+
+def _may_execute(path: str) -> bool:
+    return os.access(path, os.X_OK)
+
+
+def _others_may_execute(path: str) -> bool:
+    return bool(os.stat(path).st_mode & stat.S_IXOTH)
+
+
+def _walk(path: str, may: Callable[[str], bool], who: str, depth: int = 0) -> str:
+    """The first step of ``path`` that ``may`` refuses: each directory must be
+    searchable, symbolic links are followed, the file must be executable and
+    so must a script's interpreter."""
     current = "/" if path.startswith("/") else "."
     parts = [p for p in path.split("/") if p and p != "."]
     links = 0
     mode = os.stat(current).st_mode
     while parts:
-        if not os.access(current, os.X_OK):
-            return f"{current} is not searchable by that user"
+        if not may(current):
+            return f"{current} is not searchable by {who}"
         step = os.path.normpath(os.path.join(current, parts.pop(0)))  # no link in current
         try:
             mode = os.lstat(step).st_mode
@@ -146,12 +164,12 @@ def _walk(path: str, depth: int) -> str:
             current = step
     if stat.S_ISDIR(mode):
         return f"{current} is a directory"
-    if not os.access(current, os.X_OK):
-        return f"{current} is not executable by that user"
+    if not may(current):
+        return f"{current} is not executable by {who}"
     interpreter = _interpreter(current) if depth < 4 else None
     if interpreter is None:
         return ""
-    why = _walk(interpreter, depth + 1)
+    why = _walk(interpreter, may, who, depth + 1)
     return f"its interpreter {interpreter}: {why}" if why else ""
 
 
