@@ -164,3 +164,29 @@ def test_start_failure_with_debug_shows_the_traceback(etc, user):
                            "account"], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2
     assert "Traceback" in done.stderr and "is not searchable by that user" in done.stderr
+
+
+def others_can_enter(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
+
+
+@pytest.mark.skipif(not others_can_enter(TREE_ROOT), reason="the tree is not readable by nobody")
+def test_privilege_drop_failure_is_one_line(etc, user):
+    """A master that is not root cannot drop to the client's user: one line
+    naming the section, the component and the user, exit 1."""
+    conf = write_conf(etc, "client", "/bin/true", user)
+    # As nobody: %t has no value, and accountd needs an interpreter nobody can run.
+    conf.write_text(conf.read_text().replace("[client]\n", f"[client]\nsocket = {etc}/S.lacme\n")
+                    .replace(TREE_ACCOUNTD, TREE_ACCOUNTD.replace(sys.executable, "/usr/bin/python3")))
+    etc.chmod(0o755)
+    for path in etc.rglob("*"):
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    (etc / "account.key").chmod(0o644)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(TREE_ROOT)}
+    done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           "/usr/bin/python3", "-m", "lacme.master", f"--config={conf}", "account"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd="/")
+    lines = done.stderr.splitlines()
+    assert lines == [f"error: [client]: cannot start the ACME client as user {user}: "
+                     "cannot drop privileges: Operation not permitted"], done.stderr
+    assert done.returncode == 1

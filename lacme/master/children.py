@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from lacme.core.descriptors import SpawnError, spawn
-from lacme.core.errors import ConfigError, LacmeError
+from lacme.core.errors import ConfigError, LacmeError, PrivilegeError
 from lacme.core.privs import Credentials, clean_environment, drop_privileges, why_not_executable
 
 log = logging.getLogger("lacme")
@@ -108,7 +108,10 @@ class Children:
         master = os.getpid()
 
         def child() -> None:
-            drop_privileges(creds)
+            try:
+                drop_privileges(creds)
+            except OSError as exc:
+                raise PrivilegeError(f"cannot drop privileges: {exc.strerror or exc}") from None
             die_with_master(master)
             os.chdir("/")
             if umask is not None:
@@ -154,8 +157,9 @@ def start_error(exc: SpawnError, creds: Credentials, what: str,
     configured command and why that user cannot run it (ConfigError); before
     exec (the privilege drop, for one), what failed."""
     user = creds.user or _current_user()
-    if exc.path is None:
-        return LacmeError(f"{setting or what}: cannot start {what} as user {user}: {exc}")
+    if exc.path is None:  # the privilege drop or the rest of the set-up
+        section = setting.split()[0] if setting else what
+        return LacmeError(f"{section}: cannot start {what} as user {user}: {exc}")
     reason = os.strerror(exc.errno).lower() if exc.errno else "cannot execute"
     details = [exc.why] if exc.why else []
     if exc.errno == errno.EACCES or exc.why:
