@@ -10,11 +10,13 @@
 #   DESTDIR      staging root prepended to every path (packages)
 #   PREFIX       /usr/local; units, tmpfiles.d, sysusers.d and the generator
 #                go under PREFIX/lib, where systemd looks for them
-#   PYTHON       interpreter that runs pip, or that creates VENV
+#   PYTHON       interpreter that runs pip, or that creates VENV; a warning
+#                says when the components' users could not run the programs
 #   VENV         install the package into this virtual environment (created
 #                with "PYTHON -m venv" if absent); BINDIR is then VENV/bin
 #   BINDIR       where the programs are, as written into the units
-#   SYSCONFDIR   /etc; existing files there are never overwritten
+#   SYSCONFDIR   /etc; existing files there are never overwritten: they are
+#                listed, and a kept lacme.conf is checked against WIRING
 #   WIRING       systemd (default) or fork: which lacme.conf goes to
 #                SYSCONFDIR/lacme/lacme.conf; both land in DOCDIR/examples
 #   PIPFLAGS     extra pip options
@@ -51,13 +53,13 @@ SNIPPETS = nginx.conf nginx-static.conf apache2.conf apache2-static.conf
 WIRING_CONF = $(if $(filter systemd,$(WIRING)),etc/systemd/lacme.conf,etc/lacme.conf)
 
 .PHONY: all install install-python install-venv install-prefix install-units \
-	install-generator install-etc install-doc install-man check check-wiring
+	install-generator install-etc install-doc install-man check check-wiring check-interpreter
 
 all:
 	@echo "nothing to build; see 'make install' (variables at the top of Makefile)"
 
-install: check-wiring install-python install-units install-generator install-etc install-doc \
-	install-man
+install: check-wiring install-python check-interpreter install-units install-generator \
+	install-etc install-doc install-man
 
 check-wiring:
 	@case "$(WIRING)" in systemd|fork) ;; *) echo "Makefile: WIRING=$(WIRING): systemd or fork" >&2; exit 2;; esac
@@ -73,6 +75,21 @@ install-venv:
 
 install-prefix:
 	$(PYTHON) -m pip install $(PIP_COMMON) $(if $(DESTDIR),--root=$(DESTDIR)) --prefix=$(PIP_PREFIX) $(PIPFLAGS) .
+
+# The interpreter of the installed programs must be one that the components'
+# users can run (not a Python under a 0700 home, nor a venv made from one):
+# a warning names the directory at fault (lacme(8), "Components run as
+# other users").  Under DESTDIR only the interpreter a venv links to is seen.
+PROGRAMS_PYTHON = $(if $(VENV),$(DESTDIR)$(VENV)/bin/python,$(PYTHON))
+
+check-interpreter:
+	@PYTHONPATH='$(CURDIR)' $(PROGRAMS_PYTHON) -c 'import os, sys; \
+	from lacme.core.privs import why_others_cannot_execute; \
+	path = os.path.realpath(sys.executable) if sys.argv[1] else sys.executable; \
+	why = why_others_cannot_execute(path); \
+	why and sys.stderr.write(f"warning: the installed programs run {path}: {why}, so the " \
+	"components cannot run as their users; make install VENV=DIR PYTHON=/usr/bin/python3 " \
+	"makes a venv they can run (see lacme(8), \"Components run as other users\")\n")' '$(DESTDIR)'
 
 install-units:
 	$(INSTALL) -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR)
@@ -90,13 +107,24 @@ install-generator:
 		'$(PYEXEC)' > $(DESTDIR)$(GENERATORDIR)/lacme-generator
 	chmod 0755 $(DESTDIR)$(GENERATORDIR)/lacme-generator
 
-# Configuration: never overwrite what is already there.
+# Configuration: never overwrite what is already there, and say what was
+# kept.  A kept lacme.conf (Debian's lacme leaves its fork-mode one) is
+# checked against WIRING by the configuration reader of this tree.
+ETC_FILES = lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README $(SNIPPETS)
+
 install-etc:
 	$(INSTALL) -d -m 0755 $(CONFDIR) $(CONFDIR)/lacme-certs.conf.d
-	test -e $(CONFDIR)/lacme.conf || $(INSTALL) -m 0644 $(WIRING_CONF) $(CONFDIR)/lacme.conf
-	for f in lacme-certs.conf lacme-accountd.conf lacme-certs.conf.d/README $(SNIPPETS); do \
-		test -e $(CONFDIR)/$$f || $(INSTALL) -m 0644 etc/$$f $(CONFDIR)/$$f || exit 1; \
-	done
+	@kept=; \
+	for f in lacme.conf $(ETC_FILES); do \
+		src=etc/$$f; test $$f != lacme.conf || src=$(WIRING_CONF); \
+		if test -e $(CONFDIR)/$$f; then kept="$$kept $(CONFDIR)/$$f"; \
+		else echo "$(INSTALL) -m 0644 $$src $(CONFDIR)/$$f"; \
+			$(INSTALL) -m 0644 $$src $(CONFDIR)/$$f || exit 1; fi; \
+	done; \
+	if test -n "$$kept"; then echo "kept (existing files are never replaced):$$kept"; fi; \
+	case "$$kept " in *" $(CONFDIR)/lacme.conf "*) \
+		PYTHONPATH='$(CURDIR)' $(PYTHON) -m lacme.config.wiring '$(WIRING)' '$(DOCDIR)' \
+			'$(CONFDIR)/lacme.conf';; esac
 
 install-doc:
 	$(INSTALL) -d $(DESTDIR)$(DOCDIR)/examples

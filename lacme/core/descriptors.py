@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import os
+import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
 
@@ -87,6 +88,7 @@ def spawn(
     stdout: int | None = None,
     env: Mapping[str, str] | None = None,
     before_exec: Callable[[], None] | None = None,
+    explain: Callable[[str], str] | None = None,
 ) -> int:
     """fork+exec ``argv`` handing ``fds`` over with the sd_listen_fds protocol.
 
@@ -95,21 +97,30 @@ def spawn(
     which is why this is not subprocess) and LISTEN_FDNAMES are set.
     ``before_exec`` runs in the child after the descriptors are in place
     (privilege drop); ``argv`` may be a callable, evaluated after it (for
-    %-specifiers that expand with the dropped identity).  Returns the child's pid.  A failure in the child
-    before exec is reported on stderr and exits 127.
+    %-specifiers that expand with the dropped identity).  Returns the child's
+    pid once it has exec'd.  A failure in the child before or at exec is sent
+    back over a close-on-exec pipe (the child then exits 127, reaped here) and
+    raised as ``SpawnError``; ``explain(path)``, called in the child when exec
+    fails, says why in a clause (``lacme.core.privs.why_not_executable``).
     """
     environ = dict(os.environ if env is None else env)
     for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         environ.pop(key, None)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid:
-        return pid
+        os.close(report_w)
+        return _await_exec(pid, report_r)
+    report = report_w  # wherever the child moves it
+    args: list[str] = []
     try:  # child: never return from here
         wanted = [fd for fd, _ in fds]
         # Move every source above the target range first so that dup2 onto
-        # 3, 4, ... never clobbers a source that is still needed.
-        top = max([LISTEN_FDS_START + len(wanted), *wanted, 2]) + 1
+        # 3, 4, ... never clobbers a source that is still needed; the report
+        # pipe ends up just above the passed descriptors, close-on-exec.
+        top = max([LISTEN_FDS_START + len(wanted), *wanted, report_w, 2]) + 1
         moved = [os.dup2(fd, top + i, inheritable=False) for i, fd in enumerate(wanted)]
+        report = os.dup2(report_w, top + len(wanted), inheritable=False)
         if stdin is not None:
             os.dup2(stdin, 0)
         else:
@@ -119,7 +130,8 @@ def spawn(
             os.dup2(stdout, 1)
         for i, fd in enumerate(moved):
             os.dup2(fd, LISTEN_FDS_START + i, inheritable=True)
-        os.closerange(LISTEN_FDS_START + len(moved), os.sysconf("SC_OPEN_MAX"))
+        report = os.dup2(report, LISTEN_FDS_START + len(moved), inheritable=False)
+        os.closerange(report + 1, os.sysconf("SC_OPEN_MAX"))
         if fds:
             environ["LISTEN_FDS"] = str(len(fds))
             environ["LISTEN_PID"] = str(os.getpid())
@@ -127,14 +139,61 @@ def spawn(
         if before_exec is not None:
             before_exec()
         args = list(argv() if callable(argv) else argv)
-        os.execvpe(args[0], args, environ)
-    except BaseException as exc:  # noqa: BLE001 - report and die in the child
         try:
-            name = "component" if callable(argv) else argv[0]
-            os.write(2, f"lacme: cannot run {name}: {exc}\n".encode(errors="replace"))
-        finally:
-            os._exit(127)
+            os.execvpe(args[0], args, environ)
+        except OSError as exc:
+            why = explain(args[0]) if explain is not None else ""
+            _report(report, {"exec": args[0], "errno": exc.errno or 0, "why": why})
+    except BaseException as exc:  # noqa: BLE001 - report and die in the child
+        _report(report, {"errno": getattr(exc, "errno", None) or 0, "message": str(exc)})
+    finally:
+        os._exit(127)
     raise AssertionError("unreachable")
+
+
+class SpawnError(Exception):
+    """A child could not be started: at exec (``path`` and ``errno`` set, and
+    ``why`` the explanation of the check in the child) or before (``message``)."""
+
+    def __init__(self, path: str | None, errno: int, why: str, message: str) -> None:
+        super().__init__(message or os.strerror(errno))
+        self.path, self.errno, self.why = path, errno, why
+
+
+def _report(fd: int, fields: dict[str, object]) -> None:
+    """In the child: one JSON object down the report pipe (never raises)."""
+    import json
+
+    try:
+        os.write(fd, json.dumps(fields).encode())
+    except BaseException:  # noqa: BLE001 - the child exits 127 anyway; the master sees no report
+        pass
+
+
+def _await_exec(pid: int, report: int) -> int:
+    """In the parent: ``pid`` once it has exec'd (the pipe closes empty), or
+    SpawnError with the child's report (the child is reaped)."""
+    chunks = []
+    try:
+        while chunk := os.read(report, 65536):
+            chunks.append(chunk)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(report)
+    if not chunks:
+        return pid
+    os.waitpid(pid, 0)
+    import json
+
+    try:
+        fields = json.loads(b"".join(chunks))
+    except ValueError:
+        fields = {"message": "the child failed before exec"}
+    raise SpawnError(fields.get("exec"), int(fields.get("errno") or 0), str(fields.get("why") or ""),
+                     str(fields.get("message") or ""))
 
 
 class Channel:

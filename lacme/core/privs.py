@@ -5,6 +5,13 @@ groups reduced to the one group, then gid, then uid (in that order, since
 after setuid nothing else may change), and the result verified, so that a
 half-dropped process never runs a component.  An empty user or group skips
 that part of the drop, as the manual says (not recommended).
+
+``why_not_executable`` runs there too, after the drop and only when exec
+failed: it walks the command's path (symbolic links followed, then the
+``#!`` interpreter of a script) as the dropped user, to name the directory
+that user cannot search or the file it cannot execute.  ``make install``
+makes the same walk over the programs' interpreter with the permission bits
+of "others" (``why_others_cannot_execute``).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
+from collections.abc import Callable
 
 from lacme.core.errors import PrivilegeError
 from lacme.core.record import Record
@@ -91,3 +100,87 @@ def clean_environment(creds: Credentials, extra: dict[str, str] | None = None) -
     if extra:
         env.update(extra)
     return env
+
+
+MAX_SYMLINKS = 40  # the kernel's limit (path_resolution(7))
+
+
+def why_not_executable(path: str, search_path: str = SAFE_PATH) -> str:
+    """Why the current user cannot execute ``path``: one clause about "that
+    user" (the caller names it), e.g. "/root is not searchable by that user";
+    "" when nothing on the way explains it (a noexec mount, a security module)."""
+    if "/" not in path:
+        for directory in (d for d in search_path.split(os.pathsep) if d):
+            if os.path.lexists(os.path.join(directory, path)):
+                return _walk(os.path.join(directory, path), _may_execute, "that user")
+        return f"{path} is not found in PATH={search_path}"
+    return _walk(path, _may_execute, "that user")
+
+
+def why_others_cannot_execute(path: str) -> str:
+    """Why users other than the owners (the components' users) cannot execute
+    ``path``, from the permission bits for "others" alone; "" if they can.
+    For ``make install``, about the interpreter of the installed programs."""
+    return _walk(path, _others_may_execute, "other users")
+
+
+def _may_execute(path: str) -> bool:
+    return os.access(path, os.X_OK)
+
+
+def _others_may_execute(path: str) -> bool:
+    return bool(os.stat(path).st_mode & stat.S_IXOTH)
+
+
+def _walk(path: str, may: Callable[[str], bool], who: str, depth: int = 0) -> str:
+    """The first step of ``path`` that ``may`` refuses: each directory must be
+    searchable, symbolic links are followed, the file must be executable and
+    so must a script's interpreter."""
+    current = "/" if path.startswith("/") else "."
+    parts = [p for p in path.split("/") if p and p != "."]
+    links = 0
+    mode = os.stat(current).st_mode
+    while parts:
+        if not may(current):
+            return f"{current} is not searchable by {who}"
+        step = os.path.normpath(os.path.join(current, parts.pop(0)))  # no link in current
+        try:
+            mode = os.lstat(step).st_mode
+        except FileNotFoundError:
+            return f"{step} does not exist"
+        except OSError as exc:
+            return f"{step}: {exc.strerror}"
+        if stat.S_ISLNK(mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                return f"{path}: too many levels of symbolic links"
+            target = os.readlink(step)
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            current = "/" if target.startswith("/") else current
+            mode = os.stat(current).st_mode
+        elif parts and not stat.S_ISDIR(mode):
+            return f"{step} is not a directory"
+        else:
+            current = step
+    if stat.S_ISDIR(mode):
+        return f"{current} is a directory"
+    if not may(current):
+        return f"{current} is not executable by {who}"
+    interpreter = _interpreter(current) if depth < 4 else None
+    if interpreter is None:
+        return ""
+    why = _walk(interpreter, may, who, depth + 1)
+    return f"its interpreter {interpreter}: {why}" if why else ""
+
+
+def _interpreter(path: str) -> str | None:
+    """The program named by a script's ``#!`` line, if it has one we may read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    return os.fsdecode(words[0]) if words else None

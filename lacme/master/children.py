@@ -6,6 +6,10 @@ client, the webservers) starts the same way, written once in
 privileges for good, ask for SIGTERM when the master dies, even by SIGKILL
 (PR_SET_PDEATHSIG, so that no webserver keeps a port from the next run),
 and leave the master's directory; then exec with a clean environment.
+A component that cannot be started is one error line naming the setting,
+the command and the user, with what the child found when it walked the
+command's path as that user (``SpawnError``; exit status 2: the
+configuration names a program that user cannot run).
 
 At the end of a run the children are stopped together (``reap_all``), so
 that shutdown costs the slowest child rather than the sum: each has a grace
@@ -17,6 +21,7 @@ applies.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import select
@@ -27,9 +32,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from lacme.core.descriptors import spawn
-from lacme.core.errors import LacmeError
-from lacme.core.privs import Credentials, clean_environment, drop_privileges
+from lacme.core.descriptors import SpawnError, spawn
+from lacme.core.errors import ConfigError, LacmeError, PrivilegeError
+from lacme.core.privs import Credentials, clean_environment, drop_privileges, why_not_executable
 
 log = logging.getLogger("lacme")
 
@@ -95,21 +100,33 @@ class Children:
               what: str, *, grace: float, terminate: bool = False,
               fds: Sequence[tuple[int, str]] = (), stdin: int | None = None,
               stdout: int | None = None, env: Mapping[str, str] | None = None,
-              umask: int | None = None) -> int:
+              umask: int | None = None, setting: str | None = None) -> int:
         """Fork and exec ``argv`` as ``creds`` (see the module docstring), with
         the clean environment plus ``env``; its pid.  At the end of the run it
-        gets ``grace`` seconds to end (``terminate``: SIGTERM first)."""
+        gets ``grace`` seconds to end (``terminate``: SIGTERM first).
+        ``setting`` (e.g. "[client] command") names the command in errors."""
         master = os.getpid()
 
         def child() -> None:
-            drop_privileges(creds)
+            try:
+                drop_privileges(creds)
+            except OSError as exc:
+                raise PrivilegeError(f"cannot drop privileges: {exc.strerror or exc}") from None
             die_with_master(master)
             os.chdir("/")
             if umask is not None:
                 os.umask(umask)
 
-        pid = spawn(argv, fds=fds, stdin=stdin, stdout=stdout,
-                    env=clean_environment(creds, dict(env or {})), before_exec=child)
+        try:
+            pid = spawn(argv, fds=fds, stdin=stdin, stdout=stdout,
+                        env=clean_environment(creds, dict(env or {})), before_exec=child,
+                        explain=why_not_executable)
+        except SpawnError as exc:
+            # The run is over: the components already started are told to stop
+            # now, while their sockets are still open, so that they end on the
+            # signal and not on a write to a closed socket (a second message).
+            self.stop(aborting=True)
+            raise start_error(exc, creds, what, setting) from None
         self.children.append(_Child(pid, what, grace, terminate))
         return pid
 
@@ -127,6 +144,37 @@ class Children:
             # Open until the webservers are gone: their STOPPING=1 finds a reader.
             for sock in self.close_after:
                 sock.close()
+
+
+#: Where the administrator reads what to do about a command that the
+#: component's user cannot run.
+START_HINT = 'see lacme(8), "Components run as other users"'
+
+
+def start_error(exc: SpawnError, creds: Credentials, what: str,
+                setting: str | None) -> LacmeError:
+    """The one line for a component that could not be started: at exec, the
+    configured command and why that user cannot run it (ConfigError); before
+    exec (the privilege drop, for one), what failed."""
+    user = creds.user or _current_user()
+    if exc.path is None:  # the privilege drop or the rest of the set-up
+        section = setting.split()[0] if setting else what
+        return LacmeError(f"{section}: cannot start {what} as user {user}: {exc}")
+    reason = os.strerror(exc.errno).lower() if exc.errno else "cannot execute"
+    details = [exc.why] if exc.why else []
+    if exc.errno == errno.EACCES or exc.why:
+        details.append(START_HINT)
+    detail = f" ({'; '.join(details)})" if details else ""
+    return ConfigError(f"{setting or what} {exc.path}: cannot run as user {user}: {reason}{detail}")
+
+
+def _current_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def exit_status(pid: int, wait: float) -> str:

@@ -67,7 +67,8 @@ def spawn_accountd(settings: AccountdSettings, server: str, children: Children,
         return args
 
     pid = children.spawn(argv, creds, "lacme-accountd", grace=5.0, stdin=theirs.fileno(),
-                         stdout=theirs.fileno(), env=accountd_origin(server))
+                         stdout=theirs.fileno(), env=accountd_origin(server),
+                         setting="[accountd] command")
     theirs.close()
     log.debug("spawned lacme-accountd, pid %d", pid)
     return ours
@@ -128,7 +129,8 @@ def start_client(cfg: MasterConfig, children: Children, stack: ExitStack,
         creds = resolve(c.user, c.group, where="[client]")
         argv = [*resolve_command(c.command), *(["--debug"] if debug else [])]
         pid = children.spawn(argv, creds, "the ACME client", grace=10.0,
-                             fds=[(theirs.fileno(), "control")], umask=0o077)
+                             fds=[(theirs.fileno(), "control")], umask=0o077,
+                             setting="[client] command")
         theirs.close()
         log.debug("spawned the client %s, pid %d", argv[0], pid)
     sock.settimeout(run_deadline(c.timeout))
@@ -173,7 +175,8 @@ def open_challenges(cfg: MasterConfig, children: Children, stack: ExitStack,
     for address in w.listen:
         sock = bind_listen(address, stack)
         pid = children.spawn(argv, creds, f"the webserver on {address}", grace=2.0,
-                             terminate=True, fds=[(sock.fileno(), "http")], env=notify_env)
+                             terminate=True, fds=[(sock.fileno(), "http")], env=notify_env,
+                             setting="[webserver] command")
         sock.close()
         log.debug("spawned the webserver on %s, pid %d", address, pid)
         started[pid] = address

@@ -32,12 +32,13 @@ imported only when it runs.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from lacme.config.defaults import DEFAULT_MASTER_CONFIG, NEW_ORDER_COMMANDS
 from lacme.config.master import load_master_config
 from lacme.config.specifiers import Identity, expand
-from lacme.core.errors import EXIT_FAILURE, LacmeError, UsageError
+from lacme.core.errors import EXIT_FAILURE, ConfigError, LacmeError, UsageError
 from lacme.core.log import exit_now
 from lacme.core.log import setup as setup_logging
 
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
     from typing import Any, NoReturn
+
+    from lacme.config.master import MasterConfig
 
 log = logging.getLogger("lacme")
 
@@ -154,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     socket_override = expand(args.socket, ident) if args.socket else None
     cfg = load_master_config(config_path, ident, socket_override=socket_override)
     command = args.command
+    if command != "status":
+        check_unit_wiring(cfg)
     if command in NEW_ORDER_COMMANDS:
         from lacme.master.neworder import new_order
 
@@ -171,3 +176,35 @@ def run(args: argparse.Namespace) -> int:
 
         return status(cfg, args, ident)
     raise UsageError(f"unknown command {command!r}")  # argparse prevents this
+
+
+RENEW_UNIT = "lacme-renew.service"
+
+
+def check_unit_wiring(cfg: MasterConfig) -> None:
+    """Refuse a configuration that would fork components inside
+    lacme-renew.service, whose sandbox has no network, no privilege drop
+    and a read-only /run: the fork-mode lacme.conf of Debian's lacme, kept by
+    ``make install``, would otherwise fail later and name neither the cause
+    nor the fix.  One line, exit 2, nothing done.  Cheap: /proc/self/cgroup
+    is read only under systemd ($INVOCATION_ID) and for a fork-mode file."""
+    if "INVOCATION_ID" not in os.environ:
+        return
+    from lacme.config.wiring import MOVING_HINT, forked_by
+
+    forked = forked_by(cfg)
+    if forked and runs_in_unit(RENEW_UNIT):
+        raise ConfigError(f"{cfg.path}: a fork-mode configuration ({', '.join(forked)}) cannot run "
+                          f"in {RENEW_UNIT}, which needs the systemd-mode one (lacme.conf.systemd "
+                          f"among the examples; {MOVING_HINT})")
+
+
+def runs_in_unit(unit: str) -> bool:
+    """This process is in the cgroup of systemd unit ``unit`` (cgroups(7):
+    "hierarchy-ID:controllers:path" lines; v2 and systemd's named v1)."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return False
+    return any(line.split(":", 2)[-1].rsplit("/", 1)[-1] == unit for line in lines)
