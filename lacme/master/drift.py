@@ -203,3 +203,14 @@ def installed(entry: Entry, drift: Drift | None, facts: CertificateFacts) -> Ent
     if drift.cafile_stamp is not None:
         entry = replace(entry, cafile_check=cafile_check(facts, drift.cafile_stamp), cafile_ok=True)
     return entry
+
+
+def drift_reason(section: CertSection, path: str, facts: CertificateFacts | None,
+                 entry: Entry | None) -> str | None:
+    """For ``lacme status``: why the installed certificate would be renewed
+    at once, or None (nothing is saved)."""
+    if facts is None:
+        return None
+    from lacme.master.state import Entry
+
+    return check_drift(section, path, facts, entry or Entry(section.name, path)).reason
