@@ -32,7 +32,7 @@ KEYS = [ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP
         rsa.generate_private_key(public_exponent=65537, key_size=2048)]
 CA_KEY = ec.generate_private_key(ec.SECP256R1())
 CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "drift test CA")])
-NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 DER = serialization.Encoding.DER
 
@@ -197,13 +197,12 @@ def lacme(conf: Path, *args: str, probe: bool = False) -> subprocess.CompletedPr
     """The real program; ``probe``: also print the heavy modules it imported."""
     argv = [sys.executable, "-m", "lacme.master", f"--config={conf / 'lacme.conf'}", *args]
     if probe:
-        argv = [sys.executable, "-c",
-                "import sys, runpy; sys.argv = %r\n"
-                "try:\n    runpy.run_module('lacme.master', run_name='__main__')\n"
-                "except SystemExit as e:\n    code = e.code\n"
-                "print('IMPORTED', sorted(m for m in sys.modules if m.split('.')[0] in "
-                "('cryptography', 'socket', 'ssl') or m == 'lacme.x509.chain'))\n"
-                % (["lacme", *argv[3:]],)]
+        script = (f"import sys, runpy; sys.argv = {['lacme', *argv[3:]]!r}\n"
+                  "try:\n    runpy.run_module('lacme.master', run_name='__main__')\n"
+                  "except SystemExit as e:\n    code = e.code\n"
+                  "print('IMPORTED', sorted(m for m in sys.modules if m.split('.')[0] in "
+                  "('cryptography', 'socket', 'ssl') or m == 'lacme.x509.chain'))\n")
+        argv = [sys.executable, "-c", script]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(TREE_ROOT)})
 
