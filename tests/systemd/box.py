@@ -49,7 +49,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # the box.  The web servers are the host's test peers: a test that needs one
 # in the box unmasks it and gives it a configuration of its own.
 MASKED = (
-    "apache2.service", "apache-htcacheclean.service", "nginx.service",
+    "apache2.service", "apache-htcacheclean.service", "nginx.service", "knot.service",
     "apt-daily.service", "apt-daily.timer", "apt-daily-upgrade.service",
     "apt-daily-upgrade.timer", "console-getty.service", "dpkg-db-backup.timer",
     "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "getty@tty1.service",
@@ -224,6 +224,12 @@ class Box:
         kill_cgroups(self.cgroups)
         remove_cgroups(self.cgroups)
         unmount_below(self.root)
+
+    def reboot(self) -> None:
+        """Power off, then boot the same root again: what is enabled on its
+        disk starts, in the order systemd chooses."""
+        self.stop()
+        self.boot()
 
     def save_journal(self) -> None:
         """Keep the box's journal next to its root, for post-mortems."""
