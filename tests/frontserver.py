@@ -89,8 +89,8 @@ def write_self_signed(path: Path, key_path: Path, name: str) -> x509.Certificate
     return cert
 
 
-def served_serial(port: int, server_name: str, host: str = "127.0.0.1") -> int:
-    """Serial of the certificate that the TLS server on ``port`` presents for
+def served_certificate(port: int, server_name: str, host: str = "127.0.0.1") -> x509.Certificate:
+    """The certificate that the TLS server on ``port`` presents for
     ``server_name`` (SNI); no verification: only which certificate it is."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -98,7 +98,12 @@ def served_serial(port: int, server_name: str, host: str = "127.0.0.1") -> int:
     with socket.create_connection((host, port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname=server_name) as tls:
             der = tls.getpeercert(binary_form=True)
-    return x509.load_der_x509_certificate(der).serial_number
+    return x509.load_der_x509_certificate(der)
+
+
+def served_serial(port: int, server_name: str, host: str = "127.0.0.1") -> int:
+    """Serial of the certificate served on ``port`` for ``server_name``."""
+    return served_certificate(port, server_name, host).serial_number
 
 
 def wait_for_serial(port: int, server_name: str, serial: int, timeout: float = 15.0) -> int:

@@ -178,9 +178,11 @@ def test_state_directory_precedence(monkeypatch):
 
 def full_entry(section: str = "s", path: str = "/p") -> Entry:
     """An entry with every field set."""
-    text = {"cert_id", "explanation_url", "last_outcome", "last_error", "replaced"}
-    return Entry(section, path, **{name: ("x" if name in text else T0)
-                                   for name in Entry._fields[2:] if name != "ari"}, ari=False)
+    text = {"cert_id", "explanation_url", "last_outcome", "last_error", "replaced", "key_file",
+            "key_spki", "cafile_check"}
+    flags = {"ari", "cafile_ok"}
+    return Entry(section, path, **{name: ("x" if name in text else False if name in flags else T0)
+                                   for name in Entry._fields[2:]})
 
 
 def test_entry_fields_all_survive_json():

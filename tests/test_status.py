@@ -7,6 +7,7 @@ state file written by lacme.master.state: status contacts nobody, so no CA runs.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 import os
 import subprocess
@@ -25,12 +26,18 @@ from lacme.master.state import Entry, StateStore
 from tests.lacmeenv import TREE_ROOT
 
 KEY = ec.generate_private_key(ec.SECP256R1())
+CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
 
 
 def write_cert(path: Path, not_before: float, not_after: float) -> str:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.org")])
+    """A certificate "issued" for the section of the file's name (its names,
+    not self-signed, so that only its dates decide)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{path.stem}.example.org")])
     utc = datetime.timezone.utc
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    san = [x509.DNSName(f"{path.stem}.example.org"),
+           x509.IPAddress(ipaddress.ip_address("192.0.2.7"))]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(CA_NAME)
+            .add_extension(x509.SubjectAlternativeName(san), False)
             .public_key(KEY.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(datetime.datetime.fromtimestamp(not_before, utc))
             .not_valid_after(datetime.datetime.fromtimestamp(not_after, utc))

@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lacme.core.errors import CertificateError, ConfigError, LacmeError
+from lacme.x509 import cafile as x509cafile
 from lacme.x509 import chain as x509chain
 from lacme.x509 import csr as x509csr
 from lacme.x509 import keys as x509keys
@@ -414,7 +415,7 @@ def test_check_issued_empty_cafile_skips_chain_but_checks_key_and_names():
 
 
 def test_check_issued_default_cafile_refuses_private_ca():
-    assert x509chain.default_cafile() in (x509chain.DEFAULT_CAFILE, x509chain.SYSTEM_CAFILE)
+    assert x509chain.default_cafile() in (x509cafile.DEFAULT_CAFILE, x509cafile.SYSTEM_CAFILE)
     with pytest.raises(CertificateError, match=f"against {x509chain.default_cafile()} for"):
         x509chain.check_issued(good_chain(), csr_for(EC_KEY), NAMES, None)
 

@@ -9,8 +9,13 @@ never a part, and a crash at any point leaves one of them.  A failure
 removes the temporary and leaves the destination byte for byte; temporaries
 of a killed run are removed by the next replacement of the same file.
 
+``create_file`` is the no-clobber variant: the temporary is hard-linked to
+the destination (link(2) fails when any file, even a dangling symbolic link,
+is there), then unlinked, so that a file is written only where none was and
+a crash leaves no file or the whole one, never a part over another.
+
 Used by the master (certificates, the renewal state, the Prometheus
-textfile) and the systemd generator (its drop-in).
+textfile, placeholder certificates) and the systemd generator (its drop-in).
 """
 
 from __future__ import annotations
@@ -116,3 +121,46 @@ def replace_in(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid
             pass
         raise
     os.fsync(dir_fd)
+
+
+def create_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> bool:
+    """Atomically create ``path`` with ``data`` unless something is there:
+    True if it was created, False if ``path`` existed (it is left alone).
+
+    On any failure the temporary is gone, ``path`` is untouched and a
+    LacmeError ``"PATH: reason"`` is raised."""
+    directory, basename = os.path.split(path)
+    if not basename:
+        raise LacmeError(f"{path}: not a file name")
+    try:
+        dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LacmeError(f"{path}: directory: {describe(e)}") from None
+    try:
+        return create_in(dir_fd, basename, data, mode, uid, gid)
+    except OSError as e:
+        raise LacmeError(f"{path}: {describe(e)}") from None
+    finally:
+        os.close(dir_fd)
+
+
+def create_in(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
+    """The creation proper, relative to an open directory."""
+    remove_stale_temporaries(dir_fd, basename)
+    name, fd = create_temporary(dir_fd, basename)
+    try:
+        try:
+            fill_temporary(fd, data, mode, uid, gid)
+        finally:
+            os.close(fd)
+        try:
+            os.link(name, basename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+    finally:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        os.fsync(dir_fd)
+    return True

@@ -3,9 +3,11 @@
 Pure: bytes and JSON in, values out.  The master (root) computes the
 certificate ID of an installed certificate (RFC 9773 section 4.1: the
 base64url keyIdentifier of its Authority Key Identifier, a period, and the
-base64url DER content octets of its serial number) and its validity with a
-bounded DER walk over RFC 5280 section 4.1, without importing cryptography:
-a run where nothing is due must stay cheap.  The client sends the ID in
+base64url DER content octets of its serial number), its validity, its
+subjectAltName names (4.2.1.6), its SubjectPublicKeyInfo (4.1.2.7) and
+whether it is self-signed or lacme's placeholder with a bounded DER walk
+over RFC 5280 section 4.1, without importing cryptography: a run where
+nothing is due must stay cheap.  The client sends the ID in
 renewalInfo requests and in newOrder's ``replaces`` (RFC 9773 section 5);
 ``parse_renewal_info`` validates the answer (section 4.2).
 """
@@ -17,12 +19,17 @@ from datetime import datetime
 
 from lacme.core.record import Record
 from lacme.x509.der import (
+    OID_ORGANIZATIONAL_UNIT,
+    PLACEHOLDER_OU,
     TAG_INTEGER,
     TAG_SEQUENCE,
     TAG_VERSION,
+    GeneralNames,
     expect_tlv,
     first_pem_certificate,
+    name_has_attribute,
     parse_time,
+    read_general_names,
     read_tlv,
 )
 
@@ -36,6 +43,7 @@ TAG_BOOLEAN = 0x01
 TAG_OCTET_STRING = 0x04
 TAG_KEY_IDENTIFIER = 0x80  # [0] IMPLICIT KeyIdentifier in AuthorityKeyIdentifier
 OID_AUTHORITY_KEY_IDENTIFIER = bytes([0x55, 0x1D, 0x23])  # 2.5.29.35
+OID_SUBJECT_ALT_NAME = bytes([0x55, 0x1D, 0x11])  # 2.5.29.17
 
 
 class CertificateFacts(Record):
@@ -45,6 +53,12 @@ class CertificateFacts(Record):
     authority_key_id: bytes | None
     not_before: datetime
     not_after: datetime
+    names: tuple[str, ...] = ()  # subjectAltName dNSNames, lower-cased
+    ip_addresses: tuple[str, ...] = ()  # subjectAltName iPAddresses, canonical text
+    other_names: int = 0  # subjectAltName entries of any other kind
+    spki: bytes = b""  # the SubjectPublicKeyInfo, DER
+    self_signed: bool = False  # issuer and subject are the same Name
+    placeholder: bool = False  # self-signed, with lacme's placeholder OU
 
     @property
     def lifetime(self) -> float:
@@ -93,25 +107,37 @@ def certificate_facts(data: bytes) -> CertificateFacts:
     if not serial:
         raise ValueError("serialNumber: empty")
     _, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "signature")
-    _, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "issuer")
+    issuer_start, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "issuer")
+    issuer = der[issuer_start:pos]
     validity, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "validity")
     not_before, after_pos = parse_time(der, validity, pos)
     not_after, after_pos = parse_time(der, after_pos, pos)
     if after_pos != pos:
         raise ValueError("validity: trailing data after notAfter")
-    _, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "subject")
+    subject_start, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "subject")
+    self_signed = der[subject_start:pos] == issuer
+    placeholder = self_signed and name_has_attribute(der, subject_start, pos,
+                                                     OID_ORGANIZATIONAL_UNIT, PLACEHOLDER_OU)
+    spki_start = pos
     _, pos = expect_tlv(der, pos, tbs_end, TAG_SEQUENCE, "subjectPublicKeyInfo")
-    aki = None
+    spki = der[spki_start:pos]
+    aki, names = None, GeneralNames()
     while pos < tbs_end:  # [1] issuerUniqueID, [2] subjectUniqueID, [3] extensions
         tag, start, stop = read_tlv(der, pos, tbs_end)
         if tag == TAG_EXTENSIONS:
-            aki = authority_key_id(der, start, stop)
+            aki, names = read_extensions(der, start, stop)
         pos = stop
-    return CertificateFacts(serial, aki, not_before, not_after)
+    return CertificateFacts(serial, aki, not_before, not_after,
+                            names=tuple(dict.fromkeys(n.lower() for n in names.dns)),
+                            ip_addresses=tuple(dict.fromkeys(ip_text(ip) for ip in names.ips)),
+                            other_names=names.others, spki=spki, self_signed=self_signed,
+                            placeholder=placeholder)
 
 
-def authority_key_id(der: bytes, pos: int, end: int) -> bytes | None:
-    """keyIdentifier of the AuthorityKeyIdentifier among [3]'s Extensions."""
+def read_extensions(der: bytes, pos: int, end: int) -> tuple[bytes | None, GeneralNames]:
+    """The AuthorityKeyIdentifier's keyIdentifier and the subjectAltName's
+    names among [3]'s Extensions."""
+    aki, names = None, GeneralNames()
     pos, seq_end = expect_tlv(der, pos, end, TAG_SEQUENCE, "extensions")
     while pos < seq_end:
         ext_start, ext_end = expect_tlv(der, pos, seq_end, TAG_SEQUENCE, "extension")
@@ -122,9 +148,20 @@ def authority_key_id(der: bytes, pos: int, end: int) -> bytes | None:
             cur = stop
         value_start, value_end = expect_tlv(der, cur, ext_end, TAG_OCTET_STRING, "extnValue")
         if oid == OID_AUTHORITY_KEY_IDENTIFIER:
-            return key_identifier(der, value_start, value_end)
+            aki = key_identifier(der, value_start, value_end)
+        elif oid == OID_SUBJECT_ALT_NAME:
+            names = read_general_names(der, value_start, value_end)
         pos = ext_end
-    return None
+    return aki, names
+
+
+def ip_text(packed: bytes) -> str:
+    """An iPAddress as ``ipaddress`` writes it (the form of CertSection.ip_addresses)."""
+    if len(packed) == 4:
+        return ".".join(str(octet) for octet in packed)
+    import ipaddress  # IPv6 only: its compressed form has rules of its own
+
+    return str(ipaddress.IPv6Address(packed))
 
 
 def key_identifier(der: bytes, pos: int, end: int) -> bytes | None:

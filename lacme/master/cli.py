@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="RFC 5280 reason: a code or a name (" + ", ".join(REASONS) + ")")
     rev.add_argument("file", nargs="+", metavar="FILE")
 
+    ph = sub.add_parser("placeholder", help="write a self-signed placeholder where a section "
+                        "has no certificate", description="For each section whose certificate "
+                        "and certificate-chain files are absent, write a self-signed certificate "
+                        "of its certificate-key there, so that a web server can start; newOrder "
+                        "replaces it at once.  Existing files are never touched.")
+    ph.add_argument("--config-certs", action="append", metavar="FILE",
+                    help="certificate configuration file or directory (repeatable)")
+    ph.add_argument("section", nargs="*", metavar="SECTION")
+
     st = sub.add_parser("status", help="show the certificates and their renewal state",
                         description="Exit status: 0 all good, 1 a certificate is missing, "
                         "expired, near expiry or its last renewal failed, 2 usage error.")

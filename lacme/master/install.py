@@ -16,7 +16,7 @@ import pwd
 import subprocess
 from collections.abc import Mapping
 
-from lacme.core.atomic import describe, replace_file
+from lacme.core.atomic import create_file, describe, replace_file
 from lacme.core.errors import LacmeError
 
 DEFAULT_MODE = 0o644
@@ -68,6 +68,16 @@ def install_file(path: str, data: bytes, *, mode: int | None = None,
     if mode is None:
         mode = DEFAULT_MODE & ~current_umask()
     replace_file(path, data, mode, uid, gid)
+
+
+def create_new_file(path: str, data: bytes, *, mode: int | None = None,
+                    owner: str | None = None) -> bool:
+    """Like ``install_file``, but only where no file is: True if ``path`` was
+    created, False if something was there (left alone)."""
+    uid, gid = resolve_owner(owner, path) if owner else (-1, -1)
+    if mode is None:
+        mode = DEFAULT_MODE & ~current_umask()
+    return create_file(path, data, mode, uid, gid)
 
 
 def run_notify(command: str, *, env: Mapping[str, str] | None = None) -> int:

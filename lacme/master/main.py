@@ -25,8 +25,8 @@ Prometheus textfile) and contacts nobody.
 
 This module reads the command line (the common newOrder forms without
 argparse: ``lacme.master.cli`` has the parser) and runs the command:
-newOrder (``lacme.master.neworder``), account, revokeCert, status, each
-imported only when it runs.
+newOrder (``lacme.master.neworder``), account, revokeCert, status,
+placeholder, each imported only when it runs.
 """
 
 from __future__ import annotations
@@ -175,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
         from lacme.master.status import status
 
         return status(cfg, args, ident)
+    if command == "placeholder":
+        from lacme.master.placeholder import placeholder
+
+        return placeholder(cfg, args, ident)
     raise UsageError(f"unknown command {command!r}")  # argparse prevents this
 
 

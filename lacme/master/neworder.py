@@ -25,6 +25,7 @@ from lacme.config.specifiers import Identity
 from lacme.core import journal
 from lacme.core.errors import EXIT_FAILURE, EXIT_OK, LacmeError
 from lacme.core.record import replace
+from lacme.master import drift
 from lacme.master.ari import certificate_facts
 from lacme.master.plan import (
     Plan,
@@ -65,6 +66,8 @@ def new_order(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> i
         if not args.quiet:
             for plan in plans:
                 log_skip(plan)
+        if any(p.refreshed for p in plans):  # a key or CAfile changed, and still fits
+            store.save(p.entry for p in plans if p.refreshed)
         return rv
     # Work to do: take the run lock, then decide again, since a run that
     # held the lock meanwhile may have renewed or checked these already.
@@ -91,6 +94,8 @@ def check_and_order(cfg: MasterConfig, args: argparse.Namespace, store: StateSto
     for plan in plans:
         if not plan.decision.due and not args.quiet:
             log_skip(plan)
+    if any(p.refreshed and not p.check and not p.decision.due for p in plans):
+        store.save(p.entry for p in plans if p.refreshed and not p.check and not p.decision.due)
     if not due:
         return rv
     try:
@@ -235,6 +240,7 @@ def installed_entry(plan: Plan, leaf_pem: bytes) -> Entry:
                   replaced=plan.facts.cert_id if plan.facts else None)
     fresh = fresh.for_certificate(facts.cert_id or f"serial:{facts.serial_hex}",
                                   facts.not_before.timestamp(), facts.not_after.timestamp())
+    fresh = drift.installed(fresh, plan.drift, facts)
     return replace(fresh, next_check=now + check_interval(lifetime, None))
 
 

@@ -3,9 +3,11 @@
 Run by the master (root), on every newOrder run, before anything else
 happens; also read by ``lacme status``.  From the installed certificate and
 the state file (``lacme.master.state``) alone, without the network, it
-decides per section whether to renew now (``lacme.master.renewal``: the
-ARI window of RFC 9773 4.2 or the lifetime-aware rule, or the manual's
-``min-days``) and whether a renewalInfo request is due.  When one is, the
+decides per section whether to renew now (at once when the certificate no
+longer follows its configuration: ``lacme.master.drift``; else
+``lacme.master.renewal``: the ARI window of RFC 9773 4.2 or the
+lifetime-aware rule, or the manual's ``min-days``) and whether a
+renewalInfo request is due.  When one is, the
 client fetches the answers and this module learns the windows and chooses
 the moments.  A no-op run ends here, so this module imports nothing heavy
 (and not ``lacme.master.status``, which imports it).
@@ -24,6 +26,7 @@ from lacme.core import journal
 from lacme.core.errors import LacmeError
 from lacme.core.record import Record, replace
 from lacme.master.ari import CertificateFacts, certificate_facts, parse_renewal_info
+from lacme.master.drift import Drift, check_drift, stamps_only
 from lacme.master.renewal import (
     Decision,
     Lifetime,
@@ -61,6 +64,12 @@ class Plan(Record, frozen=False):
     decision: Decision
     check: bool = False  # a renewalInfo request is due
     csr: bytes = b""
+    drift: Drift | None = None  # how the certificate follows its configuration
+
+    @property
+    def refreshed(self) -> bool:
+        """The entry learned something about the key or CAfile: save it."""
+        return self.drift is not None and self.drift.refreshed
 
     @property
     def lifetime(self) -> Lifetime | None:
@@ -107,19 +116,25 @@ def plan_section(section: CertSection, entries: dict[str, Entry], cli_min_days: 
     if unreadable:
         log.warning("[%s] %s: unreadable certificate, renewing (%s)", section.name, path, unreadable)
     entry = entries.get(entry_key(section.name, path)) or Entry(section.name, path)
+    drift = stamps_only(section, entry) if facts is None else None
     if facts is not None:
         entry = entry.for_certificate(facts.cert_id or f"serial:{facts.serial_hex}",
                                       facts.not_before.timestamp(), facts.not_after.timestamp())
+        drift = check_drift(section, path, facts, entry)
+        entry = drift.entry
     lifetime = lifetime_of(facts)
     min_days = cli_min_days if cli_min_days is not None else section.min_days
+    if drift is not None and drift.reason and (min_days is None or min_days >= 0):
+        return Plan(section, path, facts, entry, Decision(True, drift.reason), drift=drift)
     if min_days is not None:  # the manual's rule, alone
-        return Plan(section, path, facts, entry, decide_min_days(lifetime, min_days, now))
+        return Plan(section, path, facts, entry, decide_min_days(lifetime, min_days, now),
+                    drift=drift)
     decision = decide(lifetime, entry.chosen, now)
     check = (facts is not None and facts.cert_id is not None and lifetime is not None
              and now < lifetime.not_after
              and (entry.next_check is None or now >= entry.next_check)
              and not (decision.due and entry.chosen is not None))
-    return Plan(section, path, facts, entry, decision, check)
+    return Plan(section, path, facts, entry, decision, check, drift=drift)
 
 
 def log_skip(plan: Plan) -> None:

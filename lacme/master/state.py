@@ -61,6 +61,11 @@ class Entry(Record):
     last_error: str | None = None
     last_success: float | None = None
     replaced: str | None = None  # certificate ID the last order replaced
+    # What lacme.master.drift learned, so that a no-op run needs no cryptography:
+    key_file: str | None = None  # stat of certificate-key when key_spki was read
+    key_spki: str | None = None  # its public key (SubjectPublicKeyInfo, base64url DER)
+    cafile_check: str | None = None  # which certificate was checked against which CAfile
+    cafile_ok: bool | None = None  # ... and whether it verified
     updated: float = 0.0
 
     @property
@@ -81,8 +86,9 @@ class Entry(Record):
 
 # The JSON type of every field but section and path (str, required).
 _FIELD_TYPES: dict[str, type] = {
-    name: (bool if name == "ari" else str if name in (
-        "cert_id", "explanation_url", "last_outcome", "last_error", "replaced") else float)
+    name: (bool if name in ("ari", "cafile_ok") else str if name in (
+        "cert_id", "explanation_url", "last_outcome", "last_error", "replaced", "key_file",
+        "key_spki", "cafile_check") else float)
     for name in Entry._fields[2:]
 }
 _DEFAULTS = {name: Entry._defaults.get(name) for name in Entry._fields}

@@ -26,8 +26,9 @@ from lacme.config.master import MasterConfig
 from lacme.config.specifiers import Identity
 from lacme.core.errors import LacmeError, UsageError
 from lacme.core.record import Record, replace
+from lacme.master.drift import drift_reason
 from lacme.master.plan import format_time, lifetime_of, load_sections, read_facts
-from lacme.master.renewal import Lifetime, decide, decide_min_days, near_expiry
+from lacme.master.renewal import Decision, Lifetime, decide, decide_min_days, near_expiry
 from lacme.master.state import Entry, StateStore, default_directory, entry_key
 
 TYPE_CHECKING = False
@@ -105,6 +106,8 @@ def section_status(section: CertSection, entries: dict[str, Entry], now: float) 
     lifetime = lifetime_of(facts)
     decision = (decide_min_days(lifetime, section.min_days, now) if section.min_days is not None
                 else decide(lifetime, entry.chosen if entry else None, now))
+    if reason := drift_reason(section, path, facts, entry):  # renewed at once (lacme.master.drift)
+        decision = Decision(True, reason)
     return SectionStatus(
         section=section.name,
         identifiers=tuple(v for _, v in section.identifiers),

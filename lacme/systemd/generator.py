@@ -1,4 +1,4 @@
-"""lacme-generator: narrows lacme-renew.service to the certificate paths.
+"""lacme-generator: narrows lacme-renew.service (and lacme-placeholder.service) to the certificate paths.
 
 A systemd generator (systemd.generator(7)): systemd (PID 1, root, early at
 boot and at every ``systemctl daemon-reload``) runs it with its three output
@@ -7,7 +7,9 @@ it names, and writes the drop-in
 ``NORMAL/lacme-renew.service.d/50-certificate-paths.conf`` with one
 ``ReadWritePaths=`` per directory that holds a ``certificate`` or
 ``certificate-chain`` (and the challenge directory), so that the master, run
-under ``ProtectSystem=strict``, can write there and nowhere else.
+under ``ProtectSystem=strict``, can write there and nowhere else; the same
+drop-in goes to ``lacme-placeholder.service.d``, whose master writes the
+placeholder certificates there.
 
 On a configuration error it writes no drop-in (the service keeps only its
 shipped write access, the challenge directory) and logs one line to
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 DEFAULT_CONFIG = "/etc/lacme/lacme.conf"
 UNIT = "lacme-renew.service"
+UNITS = (UNIT, "lacme-placeholder.service")  # the masters that write certificates
 DROPIN = "50-certificate-paths.conf"
 NAME = "lacme-generator"
 
@@ -74,11 +77,11 @@ def render_dropin(dirs: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_dropin(normal_dir: str, text: str) -> str:
-    """Write the drop-in under ``normal_dir`` (atomically); return its path."""
+def write_dropin(normal_dir: str, text: str, unit: str = UNIT) -> str:
+    """Write the drop-in of ``unit`` under ``normal_dir`` (atomically); return its path."""
     from lacme.core.atomic import replace_file
 
-    directory = os.path.join(normal_dir, UNIT + ".d")
+    directory = os.path.join(normal_dir, unit + ".d")
     os.makedirs(directory, mode=0o755, exist_ok=True)
     path = os.path.join(directory, DROPIN)
     replace_file(path, text.encode("utf-8"), 0o644)
@@ -112,9 +115,11 @@ def generate(config_path: str, normal_dir: str,
     try:
         dirs = writable_dirs(config_path)
     except (LacmeError, OSError, ValueError) as exc:
-        log(f"{exc}; {UNIT} gets no certificate paths")
+        log(f"{exc}; {' and '.join(UNITS)} get no certificate paths")
         return False
-    write_dropin(normal_dir, render_dropin(dirs))
+    text = render_dropin(dirs)
+    for unit in UNITS:
+        write_dropin(normal_dir, text, unit)
     return True
 
 

@@ -15,7 +15,6 @@ import base64
 import binascii
 import ipaddress
 import itertools
-import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -29,10 +28,9 @@ from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, St
 from lacme.core.errors import CertificateError
 from lacme.core.text import escape_text
 from lacme.protocol import jwk_keys, jws
+from lacme.x509.cafile import default_cafile
 from lacme.x509.keys import csr_public_key_der, spki_der
 
-DEFAULT_CAFILE = "/usr/share/lacme/ca-certificates.crt"
-SYSTEM_CAFILE = "/etc/ssl/certs/ca-certificates.crt"
 MAX_CHAIN = 10
 
 
@@ -89,11 +87,6 @@ def chain_pem(chain: Sequence[x509.Certificate]) -> tuple[bytes, bytes]:
 def chain_der(chain: Sequence[x509.Certificate]) -> list[bytes]:
     """DER of every certificate of the chain, leaf first."""
     return [cert.public_bytes(serialization.Encoding.DER) for cert in chain]
-
-
-def default_cafile() -> str:
-    """The bundle used when CAfile is unset: lacme's own, else the system's."""
-    return DEFAULT_CAFILE if os.path.exists(DEFAULT_CAFILE) else SYSTEM_CAFILE
 
 
 def load_roots(path: str) -> list[x509.Certificate]:

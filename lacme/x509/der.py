@@ -5,7 +5,10 @@ every certificate section before anything else: a no-op renewal only needs
 a few fields of the installed certificate, and importing ``cryptography``
 would cost more than the whole decision.  TLV reading over RFC 5280 section
 4.1, times under the century rule of RFC 5280 4.1.2.5.1 (UTCTime) and
-4.1.2.5.2 (GeneralizedTime), and the first PEM CERTIFICATE block.
+4.1.2.5.2 (GeneralizedTime), the first PEM CERTIFICATE block, the
+GeneralNames of a subjectAltName (RFC 5280 4.2.1.6) and the attributes of
+a Name (RFC 5280 4.1.2.4), such as the organizationalUnitName that marks
+lacme's placeholder certificates.
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ TAG_SEQUENCE = 0x30
 TAG_UTC_TIME = 0x17
 TAG_GENERALIZED_TIME = 0x18
 TAG_VERSION = 0xA0  # [0] EXPLICIT Version, constructed context-specific
+TAG_SET = 0x31
+TAG_OID = 0x06
+TAG_DNS_NAME = 0x82  # GeneralName [2] IMPLICIT IA5String
+TAG_IP_ADDRESS = 0x87  # GeneralName [7] IMPLICIT OCTET STRING
+
+OID_ORGANIZATIONAL_UNIT = bytes([0x55, 0x04, 0x0B])  # 2.5.4.11
+# The organizationalUnitName of the self-signed certificates ``lacme
+# placeholder`` writes (lacme.x509.placeholder), and that the no-op path
+# recognises here without cryptography.
+PLACEHOLDER_OU = "lacme placeholder"
 
 MAX_LENGTH_OCTETS = 4  # a certificate longer than 4 GiB is not one
 
@@ -112,3 +125,54 @@ def first_pem_certificate(data: bytes) -> bytes:
         return base64.b64decode(body, validate=True)
     except binascii.Error as e:
         raise ValueError(f"bad base64 in PEM CERTIFICATE block: {e}") from None
+
+
+class GeneralNames:
+    """The entries of a GeneralNames (RFC 5280 4.2.1.6): DNS names as
+    written, IP addresses as their 4 or 16 octets, and how many of another
+    kind (e-mail, URI, directory name...) there are."""
+
+    __slots__ = ("dns", "ips", "others")
+
+    def __init__(self) -> None:
+        self.dns: list[str] = []
+        self.ips: list[bytes] = []
+        self.others = 0
+
+
+def read_general_names(data: bytes, pos: int, end: int) -> GeneralNames:
+    """The GeneralNames SEQUENCE at ``pos`` (a subjectAltName's extnValue)."""
+    names = GeneralNames()
+    pos, seq_end = expect_tlv(data, pos, end, TAG_SEQUENCE, "subjectAltName")
+    if seq_end != end:
+        raise ValueError("subjectAltName: trailing data")
+    while pos < seq_end:
+        tag, start, stop = read_tlv(data, pos, seq_end)
+        if tag == TAG_DNS_NAME:
+            try:
+                names.dns.append(data[start:stop].decode("ascii"))
+            except UnicodeDecodeError:
+                raise ValueError("subjectAltName: dNSName is not IA5String") from None
+        elif tag == TAG_IP_ADDRESS and stop - start in (4, 16):
+            names.ips.append(data[start:stop])
+        else:
+            names.others += 1
+        pos = stop
+    return names
+
+
+def name_has_attribute(data: bytes, pos: int, end: int, oid: bytes, value: str) -> bool:
+    """Whether the Name (RDNSequence) between ``pos`` and ``end`` has an
+    attribute ``oid`` whose string value is ``value``."""
+    wanted = value.encode("utf-8")
+    while pos < end:
+        rdn, rdn_end = expect_tlv(data, pos, end, TAG_SET, "RelativeDistinguishedName")
+        while rdn < rdn_end:
+            atv, atv_end = expect_tlv(data, rdn, rdn_end, TAG_SEQUENCE, "AttributeTypeAndValue")
+            oid_start, oid_end = expect_tlv(data, atv, atv_end, TAG_OID, "AttributeType")
+            _, value_start, value_end = read_tlv(data, oid_end, atv_end)
+            if data[oid_start:oid_end] == oid and data[value_start:value_end] == wanted:
+                return True
+            rdn = atv_end
+        pos = rdn_end
+    return False

@@ -50,7 +50,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # in the box unmasks it and gives it a configuration of its own; so are the
 # DNS servers of the dns-01 tests (the box shares the host's ports).
 MASKED = (
-    "apache2.service", "apache-htcacheclean.service", "nginx.service",
+    "apache2.service", "apache-htcacheclean.service", "nginx.service", "knot.service",
     "apt-daily.service", "apt-daily.timer", "apt-daily-upgrade.service",
     "apt-daily-upgrade.timer", "bind9.service", "certbot.service", "certbot.timer",
     "console-getty.service", "dpkg-db-backup.timer", "knot.service", "named.service",
@@ -226,6 +226,12 @@ class Box:
         kill_cgroups(self.cgroups)
         remove_cgroups(self.cgroups)
         unmount_below(self.root)
+
+    def reboot(self) -> None:
+        """Power off, then boot the same root again: what is enabled on its
+        disk starts, in the order systemd chooses."""
+        self.stop()
+        self.boot()
 
     def save_journal(self) -> None:
         """Keep the box's journal next to its root, for post-mortems."""

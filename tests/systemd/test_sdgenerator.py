@@ -44,6 +44,9 @@ def test_generate_opens_certificate_dirs_and_challenge_dir(tmp_path: Path) -> No
     assert [l for l in lines if l.startswith("ReadWritePaths=")] == [
         "ReadWritePaths=-/etc/ssl/www", "ReadWritePaths=-/run/lacme/challenges",
         "ReadWritePaths=-/srv/certs/mail", "ReadWritePaths=-/srv/certs/www"]
+    # lacme-placeholder.service writes the same certificate files
+    placeholder = tmp_path / "out" / "lacme-placeholder.service.d" / "50-certificate-paths.conf"
+    assert placeholder.read_text() == dropin(tmp_path).read_text()
 
 
 def test_generate_writes_nothing_on_config_error(tmp_path: Path) -> None:

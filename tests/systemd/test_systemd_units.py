@@ -15,11 +15,12 @@ pytestmark = pytest.mark.systemd
 UNITS = ("lacme-accountd.socket", "lacme-accountd@.service", "lacme-client.socket",
          "lacme-client@.service", "lacme-webserver.socket", "lacme-webserver.service",
          "lacme-renew.service", "lacme-renew.timer", "lacme-notify@.service",
-         "lacme-reload@.service")
+         "lacme-reload@.service", "lacme-placeholder.service", "lacme-renew-boot.timer")
 
 # systemd-analyze security --threshold is in tenths.
 THRESHOLDS = {"lacme-accountd@x.service": 2, "lacme-webserver.service": 2,
-              "lacme-client@x.service": 11, "lacme-renew.service": 10}
+              "lacme-client@x.service": 11, "lacme-renew.service": 10,
+              "lacme-placeholder.service": 10}
 
 
 def test_install_puts_every_unit_in_unitdir_with_bindir_substituted(box: Box) -> None:
@@ -44,11 +45,13 @@ def test_boot_creates_runtime_directories_root_only_writable(box: Box) -> None:
         assert out == ["root", "root", "755", "directory"], (path, out)
 
 
-def test_generator_writes_dropin_at_boot(box: Box) -> None:
-    out = box.systemctl("cat", "lacme-renew.service").stdout
-    assert "/run/systemd/generator/lacme-renew.service.d/50-certificate-paths.conf" in out
-    paths = box.show("lacme-renew.service", "ReadWritePaths")["ReadWritePaths"]
-    assert "/run/lacme/challenges" in paths.split()
+@pytest.mark.parametrize("unit", ["lacme-renew.service", "lacme-placeholder.service"])
+def test_generator_writes_dropin_at_boot(box: Box, unit: str) -> None:
+    out = box.systemctl("cat", unit).stdout
+    assert f"/run/systemd/generator/{unit}.d/50-certificate-paths.conf" in out
+    paths = box.show(unit, "ReadWritePaths")["ReadWritePaths"]
+    # the unit's own, or the drop-in's (which may be missing: "-")
+    assert {"/run/lacme/challenges", "-/run/lacme/challenges"} & set(paths.split()), paths
 
 
 def test_verify_prints_nothing(box: Box) -> None:
