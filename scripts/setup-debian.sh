@@ -37,7 +37,7 @@ is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]
 }
 
-# The policy is captured first: under pipefail, "apt-cache ... | grep -q"
+# The policy is captured first: under pipefail, piping apt-cache into a "grep -q"
 # fails when grep exits at its first match and apt-cache dies of SIGPIPE.
 has_candidate() {
     local policy

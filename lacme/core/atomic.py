@@ -23,12 +23,15 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable
+from typing import TypeVar
 
 from lacme.core.errors import LacmeError
 
 TEMP_MARK = ".lacme-tmp."
 TEMP_RANDOM = re.compile(r"[0-9a-f]{16}")
 CREATE_ATTEMPTS = 8
+T = TypeVar("T")
 
 
 def temp_prefix(basename: str) -> str:
@@ -84,11 +87,10 @@ def fill_temporary(fd: int, data: bytes, mode: int, uid: int, gid: int) -> None:
     os.fsync(fd)
 
 
-def replace_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
-    """Atomically replace ``path`` with ``data`` (``uid``/``gid`` -1: unchanged).
-
-    On any failure the temporary is gone, ``path`` is untouched and a
-    LacmeError ``"PATH: reason"`` is raised."""
+def _in_directory(path: str, step: Callable[[int, str, bytes, int, int, int], T],
+                  data: bytes, mode: int, uid: int, gid: int) -> T:
+    """Run ``step`` on ``path``'s directory (opened once) and base name; an
+    OSError becomes one LacmeError naming ``path``."""
     directory, basename = os.path.split(path)
     if not basename:
         raise LacmeError(f"{path}: not a file name")
@@ -97,11 +99,19 @@ def replace_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1
     except OSError as e:
         raise LacmeError(f"{path}: directory: {describe(e)}") from None
     try:
-        replace_in(dir_fd, basename, data, mode, uid, gid)
+        return step(dir_fd, basename, data, mode, uid, gid)
     except OSError as e:
         raise LacmeError(f"{path}: {describe(e)}") from None
     finally:
         os.close(dir_fd)
+
+
+def replace_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """Atomically replace ``path`` with ``data`` (``uid``/``gid`` -1: unchanged).
+
+    On any failure the temporary is gone, ``path`` is untouched and a
+    LacmeError ``"PATH: reason"`` is raised."""
+    _in_directory(path, replace_in, data, mode, uid, gid)
 
 
 def replace_in(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid: int) -> None:
@@ -129,19 +139,7 @@ def create_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1)
 
     On any failure the temporary is gone, ``path`` is untouched and a
     LacmeError ``"PATH: reason"`` is raised."""
-    directory, basename = os.path.split(path)
-    if not basename:
-        raise LacmeError(f"{path}: not a file name")
-    try:
-        dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise LacmeError(f"{path}: directory: {describe(e)}") from None
-    try:
-        return create_in(dir_fd, basename, data, mode, uid, gid)
-    except OSError as e:
-        raise LacmeError(f"{path}: {describe(e)}") from None
-    finally:
-        os.close(dir_fd)
+    return bool(_in_directory(path, create_in, data, mode, uid, gid))
 
 
 def create_in(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
