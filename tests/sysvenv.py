@@ -10,12 +10,15 @@ Dependencies are installed once; the tree itself is reinstalled each session.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
 from tests.lacmeenv import TREE_ROOT
 
-VENV = Path("/opt/lacme-test-venv")
+# One venv per tree, so that test sessions of two work trees on one machine
+# do not reinstall each other's code under the other's feet.
+VENV = Path("/opt/lacme-test-venv-" + hashlib.sha256(str(TREE_ROOT).encode()).hexdigest()[:10])
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 

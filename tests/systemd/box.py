@@ -23,6 +23,7 @@ hybrid layout: every unit then has a cgroup with cpu.stat under
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import fnmatch
 import json
 import os
@@ -60,6 +61,30 @@ MASKED = (
 )
 
 
+#: Boxes share the host's network, so two test sessions (two work trees on
+#: one machine) must not have boxes up at once: every booted box of this
+#: process holds this lock, taken when the first boots and dropped when the
+#: last stops.
+BOX_LOCK = Path("/run/lock/lacme-test-box.lock")
+_box_lock: list[int] = []  # [fd, boxes up]
+
+
+def _hold_box_lock() -> None:
+    if not _box_lock:
+        fd = os.open(BOX_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _box_lock[:] = [fd, 0]
+    _box_lock[1] += 1
+
+
+def _drop_box_lock() -> None:
+    if _box_lock:
+        _box_lock[1] -= 1
+        if _box_lock[1] <= 0:
+            os.close(_box_lock[0])  # closing the only descriptor releases the flock
+            _box_lock.clear()
+
+
 class BoxError(RuntimeError):
     """The box could not be built, booted or driven."""
 
@@ -74,6 +99,7 @@ class Box:
     leader: int = 0
     cgroups: list[Path] = field(default_factory=list)
     unified: bool = False  # cgroup v2 only inside, even on a hybrid host
+    booted: bool = False  # holds a share of BOX_LOCK
 
     @property
     def local(self) -> Path:
@@ -162,6 +188,8 @@ class Box:
     # -- lifecycle -----------------------------------------------------------
 
     def boot(self) -> None:
+        _hold_box_lock()
+        self.booted = True
         self.cgroups = make_cgroups(f"lacme-test-{self.name}")
         log = open(self.root.parent / "nspawn.log", "wb")
         argv = ["systemd-nspawn", "-D", str(self.root), "--bind-ro=/usr",
@@ -226,6 +254,9 @@ class Box:
         kill_cgroups(self.cgroups)
         remove_cgroups(self.cgroups)
         unmount_below(self.root)
+        if self.booted:
+            self.booted = False
+            _drop_box_lock()
 
     def reboot(self) -> None:
         """Power off, then boot the same root again: what is enabled on its
