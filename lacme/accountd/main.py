@@ -169,7 +169,9 @@ def run_program(argv: list[str] | None = None) -> int:
         setup_logging(settings.quiet, settings.debug, settings.logfile)
         run(settings)
     except LacmeError as exc:
-        logger.error("%s", exc, exc_info=debug)
+        # named: a spawned accountd shares the master's stderr, and the master
+        # leaves this line as the only one about the failure (lacme.master.run)
+        logger.error("%s: %s", NAME, exc, exc_info=debug)
         return exc.exit_code
     except KeyboardInterrupt:  # before serving, e.g. at gpg's passphrase prompt
         return 130

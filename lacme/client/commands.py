@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from lacme.client.acme.messages import Account
 from lacme.client.link import Context, report_failure
 from lacme.core.errors import LacmeError, ProtocolError
 from lacme.core.text import escape_text
@@ -27,8 +28,13 @@ def serve_account(ctx: Context, msg: dict) -> bool:
     contact = [str(c) for c in msg.get("contact") or []]
     if register:
         logger.info("requesting a new registration%s", f" for {', '.join(contact)}" if contact else "")
-    account = session.new_account(contact=contact, tos_agreed=bool(msg.get("tos_agreed")),
-                                  only_existing=not register)
+    if session.kid and not register:
+        # accountd serves a key id (and no JWK, which newAccount needs): the
+        # account is that URL, read with POST-as-GET (RFC 8555 7.3, 6.3)
+        account = Account(url=session.kid, body=session.get(session.kid), created=False)
+    else:
+        account = session.new_account(contact=contact, tos_agreed=bool(msg.get("tos_agreed")),
+                                      only_existing=not register)
     tos = session.terms_of_service()
     if tos:
         line = f"Terms of Service: {escape_text(tos)}"
@@ -43,7 +49,8 @@ def serve_account(ctx: Context, msg: dict) -> bool:
         logger.info("account deactivated")
     elif not isinstance(body.get("status"), str):  # RFC 8555 7.3.1 has the body; some CAs do not
         body = session.get(account.url)
-    ctx.link.send("account", account=body, location=account.url)
+    ctx.link.send("account", account=body, location=account.url,
+                  jwk_thumbprint=ctx.signer.thumbprint, kid=ctx.signer.kid or "")
     return True
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from lacme.config.master import MasterConfig
 from lacme.core.descriptors import Channel
-from lacme.core.errors import LacmeError, ProtocolError
+from lacme.core.errors import LacmeError, ProtocolError, ReportedError
 from lacme.master.challenges import ChallengeDirectory
 from lacme.master.children import Children, exit_status
 from lacme.master.components import (
@@ -40,7 +40,7 @@ from lacme.master.components import (
     start_client,
 )
 from lacme.master.lock import lock_run, lock_wait
-from lacme.protocol import control
+from lacme.protocol import control, wire
 from lacme.protocol.jws import b64u_encode
 
 log = logging.getLogger("lacme")
@@ -68,6 +68,7 @@ class ClientSession:
         self.challenges: ChallengeDirectory | None = None
         self.channel: Channel | None = None
         self.client_pid: int | None = None
+        self.accountd_pid: int | None = None  # when this run spawned it
         self.aborting = False
         self.children = Children()
         self.webservers: Webservers | None = None  # until every one is ready
@@ -83,7 +84,7 @@ class ClientSession:
             if self.with_challenges:
                 self.challenges, self.webservers = open_challenges(
                     self.cfg, self.children, self.stack, self.debug)
-            accountd = open_accountd(self.cfg, self.children, self.debug)
+            accountd, self.accountd_pid = open_accountd(self.cfg, self.children, self.debug)
             # Kept until the end and then shut down, so that accountd sees the
             # end at once instead of after the client's exit.
             self.stack.callback(shutdown_quietly, accountd)
@@ -138,8 +139,6 @@ class ClientSession:
         for msg in self._messages():
             if msg["type"] == "account":
                 reply = msg
-            elif msg["type"] == "error":
-                raise LacmeError(str(msg.get("message", "account request failed")))
             elif msg["type"] == "done":
                 break
         if reply is None:
@@ -182,8 +181,6 @@ class ClientSession:
                 results[msg["id"]] = True if refused is None else refused
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "error":  # the whole command failed: one line says why
-                raise LacmeError(str(msg.get("message", "the ACME client failed")))
             elif kind == "done":
                 break
         return results
@@ -216,8 +213,6 @@ class ClientSession:
                 results[msg["id"]] = value(msg)
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "error":  # one line says why
-                raise LacmeError(str(msg.get("message", "the ACME client failed")))
             elif kind == "done":
                 break
         return results
@@ -237,8 +232,14 @@ class ClientSession:
         self.channel.send(answer)
 
     def _messages(self) -> Iterator[dict[str, Any]]:
-        """Messages from the client until it ends the conversation."""
+        """Messages from the client until it ends the conversation.
+
+        ``error`` (the whole command failed) is raised, but only once the
+        client has ended the conversation (``done``, or its end after an error
+        it met before the command): the client, which has said why, then sees
+        no closed channel to report as a second error."""
         assert self.channel is not None
+        failure: str | None = None
         while True:
             if (self.webservers is not None and not self.channel.has_line()
                     and self.webservers.wait(until_readable=self.channel.sock)):
@@ -246,13 +247,33 @@ class ClientSession:
             try:
                 line, _ = self.channel.recv_line(control.MAX_LINE)
             except TimeoutError:
+                if failure is not None:
+                    raise self._failed(failure) from None
                 raise LacmeError("the ACME client stopped answering") from None
+            if line is None and failure is not None:
+                raise self._failed(failure)
             if line is None:
                 raise LacmeError("the ACME client ended unexpectedly" + self._client_status())
             try:
-                yield control.decode_message(line, control.CLIENT_TYPES)
+                msg = control.decode_message(line, control.CLIENT_TYPES)
             except ProtocolError as exc:
                 raise LacmeError(f"the ACME client: {exc}") from None
+            if msg["type"] == "error":
+                failure = str(msg.get("message") or "the ACME client failed")
+            elif msg["type"] == "done" and failure is not None:
+                raise self._failed(failure)
+            else:
+                yield msg
+
+    def _failed(self, message: str) -> LacmeError:
+        """The client's one line about a failed command.  When it is about the
+        accountd this run spawned and that accountd exited with an error, the
+        accountd has said why already, on the stderr it shares with us."""
+        if self.accountd_pid is not None and message.startswith(wire.PEER + ":"):
+            status = exit_status(self.accountd_pid, wait=0.5)
+            if status and status != " (exit status 0)":
+                return ReportedError(message + status)
+        return LacmeError(message)
 
     def _client_status(self) -> str:
         """How the spawned client ended, e.g. " (killed by signal 9)", if it has."""

@@ -27,6 +27,7 @@ from lacme.core.record import Record
 from lacme.protocol import jws
 
 PROTOCOL_VERSION = 1
+PEER = "lacme-accountd"  # how the client names accountd, first in its error lines
 # The environment variable through which a master pins the accountd it
 # spawns to the CA's origin (accountd then refuses to sign for any other).
 ORIGIN_VARIABLE = "LACME_ACCOUNTD_ORIGIN"
