@@ -20,7 +20,7 @@ import sys
 import time
 from typing import NoReturn
 
-from lacme.accountd.keys import Signer, load_account_key
+from lacme.accountd.keys import Signer, load_account_key, load_mac_key
 from lacme.accountd.server import NAME, Waiter, logger, run_bound, run_inherited, run_stdio
 from lacme.config import specifiers
 from lacme.config.accountd import load_accountd_config, parse_origin
@@ -30,10 +30,11 @@ from lacme.core import descriptors, log
 from lacme.core.cli import ArgumentParser
 from lacme.core.errors import ConfigError, LacmeError
 from lacme.core.record import Record
-from lacme.protocol import wire
+from lacme.protocol import eab, wire
 
 DEFAULT_SOCKET = "%t/S.lacme"
 DEFAULT_GPG = "gpg --quiet"
+EAB_CREDENTIAL = "eab-hmac-key"  # the MAC key's credential name in systemd mode
 
 
 # ---------------------------------------------------------------------------
@@ -49,6 +50,9 @@ class Settings(Record):
     debug: bool
     stdio: bool
     origin: str | None
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None  # a file holding the base64url MAC key
+    eab_alg: str = eab.DEFAULT_ALGORITHM
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"UNIX socket to bind (default {DEFAULT_SOCKET.replace('%', '%%')})")
     p.add_argument("--stdio", action="store_true", help="serve one connection on stdin/stdout")
     p.add_argument("--origin", metavar="URL", help="sign only requests for this https origin (the CA's)")
+    p.add_argument("--eab-kid", metavar="KID",
+                   help="External Account Binding: the key identifier the CA gave")
+    p.add_argument("--eab-hmac-key", metavar="FILE",
+                   help="External Account Binding: the file holding the CA's MAC key (base64url)")
     p.add_argument("-q", "--quiet", action="store_true", default=None, help="do not log signatures on stderr")
     p.add_argument("--debug", action="store_true", help="debug output")
     return p.parse_args(argv)
@@ -86,6 +94,16 @@ def load_settings(args: argparse.Namespace) -> Settings:
     def expanded(value: str | None, loc: str) -> str | None:
         return None if value is None else expand_specifiers(value, ident, loc)
 
+    eab_kid = args.eab_kid or cfg.eab_kid
+    eab_key = expanded(args.eab_hmac_key, "--eab-hmac-key") if args.eab_hmac_key else expanded(
+        cfg.eab_hmac_key, "eab-hmac-key")
+    if eab_kid and not eab_key and os.environ.get("CREDENTIALS_DIRECTORY"):
+        # systemd mode: the MAC key is the credential of that name (docs/systemd.md)
+        eab_key = os.path.join(os.environ["CREDENTIALS_DIRECTORY"], EAB_CREDENTIAL)
+    if bool(eab_kid) != bool(eab_key):
+        missing = "eab-hmac-key (nor --eab-hmac-key)" if eab_kid else "eab-kid (nor --eab-kid)"
+        raise ConfigError(f"{path or 'lacme-accountd.conf'}: External Account Binding needs "
+                          f"{missing}")
     kind, _, key_path = privkey.partition(":")
     socket_path = None if args.stdio else (args.socket or cfg.socket or DEFAULT_SOCKET)
     return Settings(
@@ -98,6 +116,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
         debug=args.debug,
         stdio=args.stdio,
         origin=origin,
+        eab_kid=eab_kid or None,
+        eab_hmac_key=eab_key or None,
+        eab_alg=cfg.eab_alg or eab.DEFAULT_ALGORITHM,
     )
 
 
@@ -134,8 +155,11 @@ def setup_logging(quiet: bool, debug: bool, logfile: str | None) -> None:
 
 def run(settings: Settings) -> None:
     """Load the key, then serve on stdio, inherited descriptors or a bound socket."""
+    mac = None
+    if settings.eab_kid and settings.eab_hmac_key:
+        mac = load_mac_key(settings.eab_hmac_key, settings.eab_kid, settings.eab_alg, "eab-hmac-key")
     key = load_account_key(settings.privkey, settings.gpg)
-    signer = Signer(key, settings.keyid, settings.origin)
+    signer = Signer(key, settings.keyid, settings.origin, mac)
     logger.debug("account key: %s, thumbprint %s", key.alg, key.thumbprint)
     waiter = Waiter()  # from here on SIGINT/SIGTERM end the program cleanly
     try:

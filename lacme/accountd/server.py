@@ -58,11 +58,12 @@ def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: 
                 return
             try:
                 req = wire.parse_sign_request(
-                    line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid, origin=signer.origin)
+                    line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid, origin=signer.origin,
+                    binding=signer.binding())
             except wire.Refused as exc:
                 logger.warning("[%s] NOSIGN %s", conn_id, exc.reason)
                 return
-            sig = signer.key.sign(req.signing_input)
+            sig = signer.sign(req)
             logger.log(log.VERBOSE, "[%s] SIGNED %s", conn_id, show_request(req))
             wfile.write(wire.encode_signature(sig))
             wfile.flush()

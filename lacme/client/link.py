@@ -48,6 +48,8 @@ class AccountdSigner:
         self.jwk = greeting.jwk
         self.thumbprint = greeting.jwk_thumbprint
         self.kid = greeting.kid
+        self.eab_kid = greeting.eab_kid  # accountd holds an EAB MAC key (RFC 8555 7.3.4)
+        self.eab_alg = greeting.eab_alg
 
     def _read_greeting(self) -> wire.Greeting:
         """The two CRLF lines accountd sends first (version, alg, thumbprint; JWK)."""

@@ -43,9 +43,13 @@ class AccountdConfig(Record):
     keyid: str | None = None
     quiet: bool | None = None
     origin: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None
+    eab_alg: str | None = None
 
 
-ACCOUNTD_SETTINGS = ("privkey", "gpg", "socket", "logfile", "keyid", "quiet", "origin")
+ACCOUNTD_SETTINGS = ("privkey", "gpg", "socket", "logfile", "keyid", "quiet", "origin",
+                     "eab-kid", "eab-hmac-key", "eab-alg")
 
 
 def parse_origin(value: str, loc: str) -> str:
@@ -76,6 +80,11 @@ def validate_accountd(ini: Ini) -> AccountdConfig:
 
     privkey, socket, logfile = get("privkey"), get("socket"), get("logfile")
     quiet, origin = get("quiet"), get("origin")
+    eab_key, eab_alg = get("eab-hmac-key"), get("eab-alg")
+    if eab_alg is not None:
+        parse_eab_alg(eab_alg, loc("eab-alg"))
+    if eab_key and not get("eab-kid"):
+        raise ConfigError(f"{loc('eab-hmac-key')}: needs eab-kid, the key identifier the CA gave")
     return AccountdConfig(
         privkey=check_privkey(privkey, loc("privkey")) if privkey else None,
         gpg=get("gpg"),
@@ -84,7 +93,19 @@ def validate_accountd(ini: Ini) -> AccountdConfig:
         keyid=get("keyid"),
         quiet=parse_bool(quiet, loc("quiet")) if quiet else None,
         origin=parse_origin(origin, loc("origin")) if origin else None,
+        eab_kid=get("eab-kid"),
+        eab_hmac_key=check_specifiers(eab_key, loc("eab-hmac-key")) if eab_key else None,
+        eab_alg=eab_alg,
     )
+
+
+def parse_eab_alg(value: str, loc: str) -> str:
+    """An EAB MAC algorithm: HS256, HS384 or HS512 (RFC 7518 3.2)."""
+    from lacme.protocol.eab import ALGORITHMS
+
+    if value not in ALGORITHMS:
+        raise ConfigError(f'{loc}: expected one of {", ".join(ALGORITHMS)}: "{value}"')
+    return value
 
 
 def load_accountd_config(path: str | None, ident: Identity) -> AccountdConfig:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from lacme.config.master import MasterConfig
-from lacme.core.errors import EXIT_OK
+from lacme.core.errors import EXIT_OK, UsageError
 from lacme.core.text import escape_text
 from lacme.master.run import ClientSession
 
@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 
 
 def account(cfg: MasterConfig, args: argparse.Namespace) -> int:
+    if args.eab_kid and not args.register:
+        raise UsageError("account: --eab-kid binds a new registration: it needs --register")
     with ClientSession(cfg, debug=args.debug, challenges=False) as session:
         reply = session.account(register=args.register, tos_agreed=args.tos_agreed,
-                                deactivate=args.deactivate, contact=list(args.contact) or None)
+                                deactivate=args.deactivate, contact=list(args.contact) or None,
+                                eab_kid=args.eab_kid or None)
     obj: Any = reply.get("account", {})
     text = json.dumps(obj, indent=4 if sys.stdout.isatty() else None, sort_keys=True)
     sys.stdout.write(text + "\n")
