@@ -59,7 +59,7 @@ def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: 
             try:
                 req = wire.parse_sign_request(
                     line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid, origin=signer.origin,
-                    binding=signer.binding())
+                    binding=signer.binding(), new_key=signer.rollover())
             except wire.Refused as exc:
                 logger.warning("[%s] NOSIGN %s", conn_id, exc.reason)
                 return

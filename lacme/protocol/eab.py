@@ -29,7 +29,8 @@ class BindingError(ValueError):
 
 def is_binding(header: dict) -> bool:
     """A protected header with a MAC alg: a binding request, not an ACME request."""
-    return header.get("alg") in ALGORITHMS
+    alg = header.get("alg")
+    return isinstance(alg, str) and alg in ALGORITHMS
 
 
 def binding_input(alg: str, kid: str, url: str, jwk: dict) -> str:

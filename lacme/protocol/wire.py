@@ -4,11 +4,14 @@ Spoken between lacme-accountd (which holds the account key) and the
 unprivileged ACME client, over a UNIX socket, a socket pair or ssh; byte
 compatible with Debian's lacme-accountd 0.8.2.  No I/O here.
 
-    server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, eab-kid, eab-alg]} CRLF
+    server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, eab-kid, eab-alg][, new-alg, new-jwk]} CRLF
             canonical JWK CRLF                 ("{}" when a key id is set)
     client: b64u(protected) "." b64u(payload) CRLF     (one per request)
     server: b64u(signature) CRLF               (or closes the connection)
 
+``new-alg`` and ``new-jwk`` (an extension too) announce the new key of an
+account key rollover (lacme.protocol.rollover), which signs only the two
+requests that rule allows.
 ``eab-kid`` and ``eab-alg`` (an extension; Debian's lacme-accountd 0.8.2
 sends neither and its clients ignore them) say that this accountd holds an
 External Account Binding MAC key (RFC 8555 7.3.4, lacme.protocol.eab): a
@@ -30,7 +33,7 @@ from typing import Any, NamedTuple
 from lacme.core.errors import ProtocolError
 from lacme.core.origin import origin_of
 from lacme.core.record import Record
-from lacme.protocol import eab, jws
+from lacme.protocol import eab, jws, rollover
 
 PROTOCOL_VERSION = 1
 PEER = "lacme-accountd"  # how the client names accountd, first in its error lines
@@ -56,6 +59,8 @@ class Greeting(Record):
     jwk: dict  # {} when kid is set
     eab_kid: str | None = None  # the EAB key identifier, when accountd holds a MAC key
     eab_alg: str | None = None
+    new_alg: str | None = None  # a rollover's new key (lacme.protocol.rollover), when held
+    new_jwk: dict | None = None
 
 
 class SignRequest(NamedTuple):
@@ -77,12 +82,15 @@ class Refused(Exception):
 
 def encode_greeting(g: Greeting) -> bytes:
     """The two greeting lines."""
-    extra: dict[str, str] = {"alg": g.alg, "jwk-thumbprint": g.jwk_thumbprint}
+    extra: dict[str, Any] = {"alg": g.alg, "jwk-thumbprint": g.jwk_thumbprint}
     if g.kid is not None:
         extra["kid"] = g.kid
     if g.eab_kid is not None:
         extra["eab-kid"] = g.eab_kid
         extra["eab-alg"] = g.eab_alg or eab.DEFAULT_ALGORITHM
+    if g.new_jwk is not None:
+        extra["new-alg"] = g.new_alg
+        extra["new-jwk"] = g.new_jwk
     jwk = b"{}" if g.kid is not None else jws.canonical_json(g.jwk)
     return b"%d OK " % PROTOCOL_VERSION + jws.canonical_json(extra) + CRLF + jwk + CRLF
 
@@ -120,8 +128,13 @@ def parse_greeting(first_line: bytes, jwk_line: bytes) -> Greeting:
     eab_alg = _optional_str(extra, "eab-alg") or (eab.DEFAULT_ALGORITHM if eab_kid else None)
     if eab_alg is not None and eab_alg not in eab.ALGORITHMS:
         raise ProtocolError(f"accountd: unsupported eab-alg {eab_alg!r}")
+    new_alg, new_jwk = _optional_str(extra, "new-alg"), extra.get("new-jwk")
+    if new_jwk is not None:
+        if not isinstance(new_jwk, dict) or new_alg not in ALGORITHMS:
+            raise ProtocolError("accountd: greeting new-jwk/new-alg is not a JWK and its alg")
+        _check_jwk(new_jwk, new_alg)
     return Greeting(alg=alg, jwk_thumbprint=thumbprint, kid=kid, jwk=jwk, eab_kid=eab_kid,
-                    eab_alg=eab_alg)
+                    eab_alg=eab_alg, new_alg=new_alg if new_jwk else None, new_jwk=new_jwk)
 
 
 def _check_jwk(jwk: dict, alg: str) -> None:
@@ -141,7 +154,7 @@ def encode_sign_request(signing_input: str) -> bytes:
 
 def parse_sign_request(
     line: bytes, *, alg: str, jwk: dict, kid: str | None, origin: str | None,
-    binding: tuple[str, str] | None = None,
+    binding: tuple[str, str] | None = None, new_key: tuple[str, dict] | None = None,
 ) -> SignRequest:
     """Accept ``line`` (CRLF included) for signing, or raise Refused.
 
@@ -163,6 +176,15 @@ def parse_sign_request(
     header = _decode_object(header_raw, "protected header", Refused)
     if eab.is_binding(header):
         _check_binding(header, payload, jwk=jwk, binding=binding, origin=origin)
+        return SignRequest(signing_input=line[:-2], header=header, payload=payload)
+    if new_key is not None and rollover.is_new_key_request(header, new_key[1]):
+        try:
+            rollover.check_new_key_request(header, payload, new_alg=new_key[0], new_jwk=new_key[1],
+                                           old_jwk=jwk)
+        except rollover.RolloverError as exc:
+            raise Refused(str(exc)) from None
+        if origin is not None:
+            _check_origin(header["url"], origin)
         return SignRequest(signing_input=line[:-2], header=header, payload=payload)
     _check_header(header, alg=alg, jwk=jwk, kid=kid, origin=origin)
     if payload:
