@@ -145,13 +145,20 @@ class LacmeSetup:
         self.sections[name] = section
         return section
 
-    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
-            socket: str | None = None) -> subprocess.CompletedProcess[str]:
+    def master_argv(self, socket: str | None = None) -> list[str]:
+        """The master of this tree with this configuration (command arguments follow)."""
         argv = [sys.executable, "-m", "lacme.master", f"--config={self.conf}"]
         if socket:
             argv.append(f"--socket={socket}")
+        return argv
+
+    def master_env(self, env: dict[str, str] | None = None) -> dict[str, str]:
         environ = dict(os.environ)
         environ["PYTHONPATH"] = str(TREE_ROOT)
         environ.update(env or {})
-        return subprocess.run(argv + list(args), capture_output=True, text=True,
-                              timeout=timeout, env=environ, cwd=str(self.root))
+        return environ
+
+    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
+            socket: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.master_argv(socket) + list(args), capture_output=True, text=True,
+                              timeout=timeout, env=self.master_env(env), cwd=str(self.root))
