@@ -44,11 +44,12 @@ def failure_lines(stderr: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fleet(pebble):
-    """Four hosts: 0 and 1 run this accountd on the signer, 2 Debian's, 3 is
-    not authorized.  The account is registered once, from this machine."""
+    """Five hosts: 0 and 1 run this accountd on the signer, 2 Debian's, 3 is
+    not authorized, 4 may roll the key over.  The account is registered once,
+    from this machine."""
     venv = system_venv()
     instance = Fleet(root=public_dir())  # the signer's user opens files under it
-    instance.setup(4)
+    instance.setup(5)
     try:
         signer = pwd.getpwnam(SIGNER_USER)
         key = write_key(instance.home / "account.key")  # RSA: the Perl accountd has no ECDSA
@@ -69,6 +70,12 @@ def fleet(pebble):
         for host in instance.hosts[:2]:
             instance.authorize(host, f"{venv}/lacme-accountd --stdio --quiet --config={ours}")
         instance.authorize(instance.hosts[2], f"{PERL_ACCOUNTD} --stdio --quiet --config={perl}")
+        # the rollover runs on the signer: its forced command names the new key
+        # (the words a host sends, its --new-privkey included, are ignored)
+        new = write_key(instance.home / "new.key", "p256")
+        os.chown(new, signer.pw_uid, signer.pw_gid)
+        instance.authorize(instance.hosts[4], f"{venv}/lacme-accountd --stdio --quiet "
+                           f"--config={ours} --new-privkey=file:{new}")
         yield instance
     finally:
         instance.teardown()
@@ -168,6 +175,25 @@ def test_debian_master_against_this_accountd_over_ssh(fleet, pebble, tmp_path):
     assert done.returncode == 0, done.stderr
     assert san_names(load_chain(pub / "www.crt")[0]) == {name}
     shutil.rmtree(pub, ignore_errors=True)
+
+
+def test_rollover_runs_on_the_signer(fleet, pebble, tmp_path):
+    # next to last in this file: the account's key changes
+    s, _ = host_setup(fleet, pebble, 4, tmp_path / "h4")
+    done = s.run("account", "--rollover", "--new-privkey=file:/ignored/by/the/forced/command")
+    assert done.returncode == 0, done.stderr
+    assert f"account {fleet.kid} is rolled over" in done.stderr
+    # the other hosts' signer entry still names the old key: refused by the CA
+    other, _ = host_setup(fleet, pebble, 0, tmp_path / "h0")
+    refused = other.run("--quiet", "account")
+    assert refused.returncode == 1
+    assert len(error_lines(refused.stderr)) == 1, refused.stderr
+    # the signer switches its configuration to the new key: the fleet is the same account
+    conf = fleet.home / "lacme-accountd.conf"
+    conf.write_text(conf.read_text().replace("account.key", "new.key"))
+    again = other.run("account")
+    assert again.returncode == 0, again.stderr
+    assert f"account {fleet.kid}:" in again.stderr
 
 
 def test_signer_down_is_one_line_and_keeps_certificates(fleet, pebble, tmp_path):

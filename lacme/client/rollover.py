@@ -25,7 +25,7 @@ import logging
 
 from lacme.client.acme.messages import ERROR_NS, AcmeProblemError
 from lacme.client.link import AccountdSigner, Context
-from lacme.core.errors import AcmeError, LacmeError
+from lacme.core.errors import AcmeError, LacmeError, ProtocolError
 from lacme.core.text import escape_text
 from lacme.protocol import jws, rollover
 
@@ -69,8 +69,8 @@ def serve_rollover(ctx: Context) -> tuple[str, dict, bool]:
                          "--new-privkey to the accountd it spawns; Debian's lacme-accountd 0.8.2 "
                          "cannot roll a key over)")
     if not signer.jwk:
-        raise LacmeError("account --rollover: lacme-accountd serves a key id and no JWK, and "
-                         "keyChange names the current key (oldKey): run it with keyid unset")
+        raise ProtocolError("account --rollover: lacme-accountd announces a new key and no JWK "
+                            "of the current one, which keyChange names (oldKey)")
     new = NewKey(signer)
     try:
         account_url = session.lookup_account()

@@ -91,7 +91,9 @@ def encode_greeting(g: Greeting) -> bytes:
     if g.new_jwk is not None:
         extra["new-alg"] = g.new_alg
         extra["new-jwk"] = g.new_jwk
-    jwk = b"{}" if g.kid is not None else jws.canonical_json(g.jwk)
+    # with a key id the JWK is not served, except during a rollover: keyChange
+    # names the current key (its oldKey), and the key id still refuses jwk requests
+    jwk = b"{}" if g.kid is not None and g.new_jwk is None else jws.canonical_json(g.jwk)
     return b"%d OK " % PROTOCOL_VERSION + jws.canonical_json(extra) + CRLF + jwk + CRLF
 
 
