@@ -51,12 +51,15 @@ def rollover_config(cfg: MasterConfig, args: argparse.Namespace) -> MasterConfig
     if args.register or args.deactivate or args.contact or args.eab_kid:
         raise UsageError("account: --rollover goes alone (no --register, --deactivate, "
                          "--eab-kid or contacts)")
+    if cfg.accountd is None:  # a running accountd: started with its new key, or the client says not
+        if args.new_privkey:
+            raise UsageError("account --rollover: --new-privkey is for an accountd that lacme "
+                             "spawns; a socket's accountd is started with it (systemd mode: "
+                             "docs/systemd.md, \"Rolling the account key over\")")
+        return cfg
     if not args.new_privkey:
         raise UsageError("account: --rollover needs --new-privkey=file:PATH or gpg:PATH")
     check_privkey(args.new_privkey, "--new-privkey")
-    if cfg.accountd is None:
-        raise UsageError("account --rollover: needs an accountd that lacme spawns (an [accountd] "
-                         "section, which may run ssh), so that it gets --new-privkey; not a socket")
     return replace(cfg, accountd=replace(cfg.accountd, new_privkey=args.new_privkey))
 
 
@@ -64,9 +67,11 @@ def switch_line(reply: dict[str, Any], new_privkey: str) -> str:
     """What the administrator does next: the CA now knows only the new key."""
     done = ("was already rolled over (an earlier run was interrupted after the CA's answer)"
             if reply.get("already") else "is rolled over")
+    where = (f"set privkey = {escape_text(new_privkey)} in lacme-accountd.conf" if new_privkey
+             else "make the new key lacme-accountd's privkey (systemd mode: the account.key "
+             "credential)")
     return (f"account {escape_text(str(reply.get('location') or '?'))} {done}: the CA accepts "
-            f"only the new key now; set privkey = {escape_text(new_privkey)} in lacme-accountd.conf "
-            "(systemd mode: LoadCredential=account.key:PATH) and keep the old key until it does")
+            f"only the new key now; {where}, and keep the old key until that is done")
 
 
 def key_line(reply: dict[str, Any]) -> str:
