@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 
 from tests.fleet import SIGNER_USER, Fleet
-from tests.lacmeenv import LacmeSetup, load_chain, public_dir, san_names, unique_name, write_key
+from tests.lacmeenv import (
+    LacmeSetup,
+    debian_lacme,
+    load_chain,
+    public_dir,
+    san_names,
+    unique_name,
+    write_key,
+)
 from tests.sysvenv import system_venv
 
 pytestmark = [pytest.mark.pebble, pytest.mark.root,
@@ -147,34 +155,11 @@ def test_signer_pins_origin_and_kid_whatever_the_host_sends(fleet, pebble, tmp_p
 
 
 def test_debian_master_against_this_accountd_over_ssh(fleet, pebble, tmp_path):
-    pub = public_dir()
-    tls_ca = pub / "tls-ca.pem"
-    tls_ca.write_bytes(Path(pebble.tls_ca_file).read_bytes())
-    tls_ca.chmod(0o644)
-    root = pub / "root.pem"
-    root.write_bytes(pebble.root_pem())
-    name = unique_name()
-    key = write_key(pub / "svc.key")
-    conf = pub / "lacme.conf"
-    conf.write_text(
-        "[client]\n"
-        f"server = {pebble.directory_url}\n"
-        f"command = /usr/bin/env PERL_LWP_SSL_CA_FILE={tls_ca} /usr/libexec/lacme/client\n"
-        "[webserver]\n"
-        f"listen = 127.0.0.1:{pebble.http_port}\n"
-        "[accountd]\n"
-        f"command = {fleet.hosts[1].ssh_command()} lacme-accountd\n"
-    )
-    certs = pub / "certs.conf"
-    certs.write_text(
-        f"[www]\ncertificate-key = {key}\ncertificate = {pub / 'www.crt'}\n"
-        f"subject = /CN={name}\nsubjectAltName = DNS:{name}\nCAfile = {root}\n"
-    )
-    done = subprocess.run(["/usr/sbin/lacme", f"--config={conf}", "newOrder",
-                           f"--config-certs={certs}"], capture_output=True, text=True, timeout=180)
+    perl = debian_lacme(pebble, f"{fleet.hosts[1].ssh_command()} lacme-accountd")
+    done = perl.run()
     assert done.returncode == 0, done.stderr
-    assert san_names(load_chain(pub / "www.crt")[0]) == {name}
-    shutil.rmtree(pub, ignore_errors=True)
+    assert san_names(load_chain(perl.certificate)[0]) == {perl.name}
+    shutil.rmtree(perl.root, ignore_errors=True)
 
 
 def test_rollover_runs_on_the_signer(fleet, pebble, tmp_path):
