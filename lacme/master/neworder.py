@@ -61,7 +61,7 @@ def new_order(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> i
             rv = EXIT_FAILURE
             continue
         selected.append(section)
-    plans = [plan_section(s, entries, cli_min_days, time.time()) for s in selected]
+    plans = [plan_section(s, entries, cli_min_days, time.time(), cfg.run_interval) for s in selected]
     if not any(p.check or p.decision.due for p in plans):
         if not args.quiet:
             for plan in plans:
@@ -76,7 +76,7 @@ def new_order(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> i
     lock = lock_run(cfg.path, lock_wait(cfg))
     try:
         entries = store.load()
-        plans = [plan_section(s, entries, cli_min_days, time.time()) for s in selected]
+        plans = [plan_section(s, entries, cli_min_days, time.time(), cfg.run_interval) for s in selected]
         return max(rv, check_and_order(cfg, args, store, plans))
     finally:
         os.close(lock)

@@ -28,6 +28,7 @@ from lacme.core.record import Record, replace
 from lacme.master.ari import CertificateFacts, certificate_facts, parse_renewal_info
 from lacme.master.drift import Drift, check_drift, stamps_only
 from lacme.master.renewal import (
+    DEFAULT_RUN_INTERVAL,
     Decision,
     Lifetime,
     Window,
@@ -109,7 +110,7 @@ def read_facts(path: str) -> tuple[CertificateFacts | None, str | None]:
 
 
 def plan_section(section: CertSection, entries: dict[str, Entry], cli_min_days: int | None,
-                 now: float) -> Plan:
+                 now: float, period: float = DEFAULT_RUN_INTERVAL) -> Plan:
     """Decide from the certificate and the persisted state alone (no network)."""
     path = section.certificate_chain or section.certificate or ""
     facts, unreadable = read_facts(path)
@@ -129,7 +130,7 @@ def plan_section(section: CertSection, entries: dict[str, Entry], cli_min_days: 
     if min_days is not None:  # the manual's rule, alone
         return Plan(section, path, facts, entry, decide_min_days(lifetime, min_days, now),
                     drift=drift)
-    decision = decide(lifetime, entry.chosen, now)
+    decision = decide(lifetime, entry.chosen, now, period)
     check = (facts is not None and facts.cert_id is not None and lifetime is not None
              and now < lifetime.not_after
              and (entry.next_check is None or now >= entry.next_check)
@@ -160,11 +161,12 @@ def check_renewal_info(cfg: MasterConfig, args: argparse.Namespace, plans: list[
         answers = {p.section.name: str(exc) for p in plans}
     for plan in plans:
         answer = answers.get(plan.section.name, "no answer from the ACME client")
-        plan.entry = learn_renewal_info(plan, answer, now)
-        plan.decision = decide(plan.lifetime, plan.entry.chosen, time.time())
+        plan.entry = learn_renewal_info(plan, answer, now, cfg.run_interval)
+        plan.decision = decide(plan.lifetime, plan.entry.chosen, time.time(), cfg.run_interval)
 
 
-def learn_renewal_info(plan: Plan, answer: dict | str, now: float) -> Entry:
+def learn_renewal_info(plan: Plan, answer: dict | str, now: float,
+                       period: float = DEFAULT_RUN_INTERVAL) -> Entry:
     """The entry updated with one renewalInfo answer (or failure)."""
     entry, lifetime, name = plan.entry, plan.lifetime, plan.section.name
     if isinstance(answer, dict) and answer.get("supported") is False:
@@ -185,7 +187,7 @@ def learn_renewal_info(plan: Plan, answer: dict | str, now: float) -> Entry:
     if (info.start, info.end) == (entry.window_start, entry.window_end) and entry.chosen is not None:
         return entry
     assert lifetime is not None
-    chosen = choose_moment(Window(info.start, info.end), lifetime, now)
+    chosen = choose_moment(Window(info.start, info.end), lifetime, now, period=period)
     log.info("[%s] ARI window %s .. %s, renewal planned at %s", name, format_time(info.start),
              format_time(info.end), format_time(chosen),
              extra={"LACME_SECTION": name, "LACME_OUTCOME": "ari-window"})
