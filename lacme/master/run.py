@@ -32,6 +32,7 @@ from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError, ProtocolError
 from lacme.master.challenges import ChallengeDirectory
 from lacme.master.children import Children, exit_status
+from lacme.master.clock import ClockCheck
 from lacme.master.components import (
     Webservers,
     open_accountd,
@@ -71,6 +72,7 @@ class ClientSession:
         self.aborting = False
         self.children = Children()
         self.webservers: Webservers | None = None  # until every one is ready
+        self.clock = ClockCheck()  # the CA's Date header against our clock
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> ClientSession:
@@ -250,9 +252,13 @@ class ClientSession:
             if line is None:
                 raise LacmeError("the ACME client ended unexpectedly" + self._client_status())
             try:
-                yield control.decode_message(line, control.CLIENT_TYPES)
+                msg = control.decode_message(line, control.CLIENT_TYPES)
             except ProtocolError as exc:
                 raise LacmeError(f"the ACME client: {exc}") from None
+            if msg["type"] == "clock":  # any command: checked here, once
+                self.clock.observe(msg.get("date"), msg.get("url"))
+                continue
+            yield msg
 
     def _client_status(self) -> str:
         """How the spawned client ended, e.g. " (killed by signal 9)", if it has."""
