@@ -195,7 +195,7 @@ def _on_certificate(pending: Plan, pem: str, installed: list[str],
                     alternates: Sequence[str] = ()) -> str | None:
     """Verify and install one issued chain (the preferred one among the
     alternates); None on success, else the reason."""
-    from lacme.master.install import install_file
+    from lacme.master.install import install_files
     from lacme.x509 import chain as x509
 
     section = pending.section
@@ -212,17 +212,18 @@ def _on_certificate(pending: Plan, pem: str, installed: list[str],
         leaf_pem, full_pem = x509.chain_pem(chain)
     except LacmeError as exc:
         return f"issued certificate refused: {exc}"
-    try:
-        for path, data in ((section.certificate_chain, full_pem), (section.certificate, leaf_pem)):
-            if path:
-                install_file(path, data, mode=section.chmod, owner=section.chown)
-                log.info("[%s] installed %s", section.name, path,
-                         extra={"MESSAGE_ID": journal.CERTIFICATE_INSTALLED,
-                                "LACME_SECTION": section.name, "LACME_FILE": path,
-                                "LACME_OUTCOME": "installed",
-                                "LACME_IDENTIFIERS": ",".join(section.names)})
+    files = [(path, data) for path, data in ((section.certificate_chain, full_pem),
+                                             (section.certificate, leaf_pem)) if path]
+    try:  # both written and flushed before either is renamed (a full disk changes neither)
+        install_files(files, mode=section.chmod, owner=section.chown)
     except (LacmeError, OSError) as exc:
         return f"install failed: {exc}"
+    for path, _data in files:
+        log.info("[%s] installed %s", section.name, path,
+                 extra={"MESSAGE_ID": journal.CERTIFICATE_INSTALLED,
+                        "LACME_SECTION": section.name, "LACME_FILE": path,
+                        "LACME_OUTCOME": "installed",
+                        "LACME_IDENTIFIERS": ",".join(section.names)})
     installed.append(section.name)
     pending.entry = installed_entry(pending, leaf_pem)
     return None
