@@ -134,7 +134,7 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
         raise
     for sid, outcome in results.items():
         if outcome is not True:
-            _record_failure(pending[sid], str(outcome))
+            _record_failure(pending[sid], str(outcome), session.rate_limited.get(sid))
             rv = EXIT_FAILURE
     for sid in installed:
         if not _notify(pending[sid].section):
@@ -179,16 +179,21 @@ def order_options(plan: Plan) -> dict[str, Any]:
     return options
 
 
-def _record_failure(plan: Plan, reason: str) -> None:
+def _record_failure(plan: Plan, reason: str, retry_after: float | None = None) -> None:
     section = plan.section
     log.error("[%s] %s", section.name, reason,
               extra={"MESSAGE_ID": journal.ORDER_FAILED, "LACME_SECTION": section.name,
                      "LACME_IDENTIFIERS": ",".join(section.names), "LACME_OUTCOME": "failed"})
-    plan.entry = _failed_entry(plan.entry, reason)
+    plan.entry = _failed_entry(plan.entry, reason, retry_after)
 
 
-def _failed_entry(entry: Entry, reason: str) -> Entry:
-    return replace(entry, last_attempt=time.time(), last_outcome="failed", last_error=reason[:500])
+def _failed_entry(entry: Entry, reason: str, retry_after: float | None = None) -> Entry:
+    """One more failed attempt (the back-off grows); a rateLimited problem's
+    Retry-After (seconds) is kept as a moment, for the next runs."""
+    now = time.time()
+    return replace(entry, last_attempt=now, last_outcome="failed", last_error=reason[:500],
+                   failures=entry.failures + 1,
+                   retry_until=now + retry_after if retry_after is not None else entry.retry_until)
 
 
 def _on_certificate(pending: Plan, pem: str, installed: list[str],

@@ -37,6 +37,7 @@ from lacme.master.renewal import (
     decide,
     decide_min_days,
     failed_check_interval,
+    next_attempt,
 )
 from lacme.master.state import Entry, entry_key
 
@@ -125,17 +126,34 @@ def plan_section(section: CertSection, entries: dict[str, Entry], cli_min_days: 
         entry = drift.entry
     lifetime = lifetime_of(facts)
     min_days = cli_min_days if cli_min_days is not None else section.min_days
-    if drift is not None and drift.reason and (min_days is None or min_days >= 0):
-        return Plan(section, path, facts, entry, Decision(True, drift.reason), drift=drift)
+    forced = min_days is not None and min_days < 0
+    if drift is not None and drift.reason and not forced:
+        decision = held_back(Decision(True, drift.reason), entry, lifetime, period, now)
+        return Plan(section, path, facts, entry, decision, drift=drift)
     if min_days is not None:  # the manual's rule, alone
-        return Plan(section, path, facts, entry, decide_min_days(lifetime, min_days, now),
-                    drift=drift)
-    decision = decide(lifetime, entry.chosen, now, period)
+        decision = decide_min_days(lifetime, min_days, now)
+        if not forced:
+            decision = held_back(decision, entry, lifetime, period, now)
+        return Plan(section, path, facts, entry, decision, drift=drift)
+    decision = held_back(decide(lifetime, entry.chosen, now, period), entry, lifetime, period,
+                         now)
     check = (facts is not None and facts.cert_id is not None and lifetime is not None
              and now < lifetime.not_after
              and (entry.next_check is None or now >= entry.next_check)
              and not (decision.due and entry.chosen is not None))
     return Plan(section, path, facts, entry, decision, check, drift=drift)
+
+
+def held_back(decision: Decision, entry: Entry, lifetime: Lifetime | None, period: float,
+              now: float) -> Decision:
+    """A due decision waits while the back-off after failed orders, or the CA's
+    Retry-After, holds it (``lacme.master.renewal.next_attempt``); --force skips this."""
+    if not decision.due:
+        return decision
+    hold = next_attempt(entry.failures, entry.last_attempt, entry.retry_until, lifetime, period)
+    if hold is None or now >= hold[0]:
+        return decision
+    return Decision(False, f"{decision.reason}; {hold[1]}, next attempt then", hold[0])
 
 
 def log_skip(plan: Plan) -> None:
@@ -162,7 +180,9 @@ def check_renewal_info(cfg: MasterConfig, args: argparse.Namespace, plans: list[
     for plan in plans:
         answer = answers.get(plan.section.name, "no answer from the ACME client")
         plan.entry = learn_renewal_info(plan, answer, now, cfg.run_interval)
-        plan.decision = decide(plan.lifetime, plan.entry.chosen, time.time(), cfg.run_interval)
+        plan.decision = held_back(
+            decide(plan.lifetime, plan.entry.chosen, time.time(), cfg.run_interval), plan.entry,
+            plan.lifetime, cfg.run_interval, time.time())
 
 
 def learn_renewal_info(plan: Plan, answer: dict | str, now: float,

@@ -25,6 +25,12 @@ The rules (README "How lacme decides when to renew"):
   being the floor); a window entirely in the past means "renew now".
 * otherwise: due when 2/3 of the lifetime has passed (1/2 for lifetimes
   under 10 days), or at the margin's bound if that is earlier.
+* back-off: after failed orders, the next attempt waits one timer period,
+  then twice that after each further failure, at most BACKOFF_CAP, but never
+  past the margin's bound (past it, every run tries: a certificate near
+  expiry is always tried); a ``rateLimited`` problem's Retry-After is waited
+  for whatever else (the CA refuses until then), except once expired.
+  ``--force`` ignores both.
 * ARI is asked again when ``next_check`` has passed: Retry-After (6 hours
   when absent) but never more than 1/100 of the lifetime, so that a
   changed window (revocation, CA incident) is seen within 1/100 of the
@@ -47,6 +53,7 @@ MARGIN_SHARE = 1 / 4  # left before notAfter, plus one timer period, whatever th
 FLOOR_SHARE = 1 / 2  # the bound is never earlier than this share (a timer too slow to keep it)
 LATE_SPREAD = 1 / 32  # a window reaching past the bound: its part in this share before it
 DEFAULT_RUN_INTERVAL = 3600.0  # lacme-renew.timer: OnCalendar=hourly
+BACKOFF_CAP = 86400.0  # the longest wait between two failed attempts (before the margin)
 CHECK_SHARE = 1 / 100  # never more than this share of the lifetime between ARI checks
 DEFAULT_RETRY_AFTER = 6 * 3600.0  # RFC 9773 4.3: absent Retry-After
 FAILED_CHECK_RETRY = 3600.0  # an ARI check that failed: again after this (capped as above)
@@ -161,6 +168,25 @@ def choose_moment(window: Window, lifetime: Lifetime, now: float,
 
         return random.uniform(usable.start, usable.end)
     return rng.uniform(usable.start, usable.end)
+
+
+def next_attempt(failures: int, last_attempt: float | None, retry_until: float | None,
+                 lifetime: Lifetime | None, period: float = DEFAULT_RUN_INTERVAL
+                 ) -> tuple[float, str] | None:
+    """When an order may be tried again after ``failures`` failed ones, and why;
+    None when nothing holds it back."""
+    at: float | None = None
+    why = ""
+    if failures > 0 and last_attempt is not None:
+        delay = min(max(period, 1.0) * 2.0 ** min(failures - 1, 64), BACKOFF_CAP)
+        at = last_attempt + delay
+        if lifetime is not None:
+            at = min(at, margin_bound(lifetime, period))  # a certificate near expiry: every run
+        why = f"back-off after {failures} failed attempt{'s' if failures > 1 else ''}"
+    if (retry_until is not None and (at is None or retry_until > at)
+            and (lifetime is None or retry_until < lifetime.not_after)):
+        at, why = retry_until, "rate limited by the CA (Retry-After)"
+    return None if at is None else (at, why)
 
 
 def check_interval(lifetime: Lifetime | None, retry_after: float | None) -> float:

@@ -46,6 +46,8 @@ from lacme.protocol.jws import b64u_encode
 
 log = logging.getLogger("lacme")
 
+RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"  # RFC 8555 6.7
+
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like SIGINT so the same cleanup runs."""
@@ -73,6 +75,7 @@ class ClientSession:
         self.children = Children()
         self.webservers: Webservers | None = None  # until every one is ready
         self.clock = ClockCheck()  # the CA's Date header against our clock
+        self.rate_limited: dict[str, float] = {}  # order id -> the CA's Retry-After, seconds
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> ClientSession:
@@ -184,6 +187,10 @@ class ClientSession:
                 results[msg["id"]] = True if refused is None else refused
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
+                retry = msg.get("retry_after")
+                if (msg.get("problem") == RATE_LIMITED and isinstance(retry, (int, float))
+                        and not isinstance(retry, bool) and retry >= 0):
+                    self.rate_limited[msg["id"]] = float(retry)
             elif kind == "error":  # the whole command failed: one line says why
                 raise LacmeError(str(msg.get("message", "the ACME client failed")))
             elif kind == "done":

@@ -27,7 +27,7 @@ from lacme.config.specifiers import Identity
 from lacme.core.errors import LacmeError, UsageError
 from lacme.core.record import Record, replace
 from lacme.master.drift import drift_reason
-from lacme.master.plan import format_time, lifetime_of, load_sections, read_facts
+from lacme.master.plan import format_time, held_back, lifetime_of, load_sections, read_facts
 from lacme.master.renewal import (
     DEFAULT_RUN_INTERVAL,
     Decision,
@@ -116,6 +116,8 @@ def section_status(section: CertSection, entries: dict[str, Entry], now: float,
                 else decide(lifetime, entry.chosen if entry else None, now, period))
     if reason := drift_reason(section, path, facts, entry):  # renewed at once (lacme.master.drift)
         decision = Decision(True, reason)
+    if entry is not None and (section.min_days is None or section.min_days >= 0):
+        decision = held_back(decision, entry, lifetime, period, now)  # the next attempt, and why
     return SectionStatus(
         section=section.name,
         identifiers=tuple(v for _, v in section.identifiers),

@@ -29,7 +29,10 @@ Client -> master
                                                 first response from the CA, POSIX seconds:
                                                 the master compares it to its own clock
     revoked    {"id": str}
-    failed     {"id": str, "message": str}      one order or revocation failed
+    failed     {"id": str, "message": str, "problem": str?, "retry_after": float?}
+                                                one order or revocation failed; problem:
+                                                the ACME error type (RFC 8555 6.7), with the
+                                                answer's Retry-After in seconds if it had one
     error      {"message": str}                 the whole command failed
     done       {}                               the command is finished
 """

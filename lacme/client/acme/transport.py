@@ -350,7 +350,8 @@ class Transport:
             problem = self.problem(response)
             if problem.type != BAD_NONCE:
                 self.nonces.count_bad_nonce(False)
-                raise AcmeProblemError(url, problem)
+                raise AcmeProblemError(url, problem,
+                                       parse_retry_after(response.headers.get("Retry-After")))
             in_a_row = self.nonces.count_bad_nonce(True)
             if in_a_row >= BAD_NONCE_STORM or attempt == MAX_BAD_NONCE_RETRIES:
                 raise AcmeError(f"{escape_text(url, 200)}: {max(in_a_row, attempt + 1)} badNonce "
