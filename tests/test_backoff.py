@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -113,20 +113,44 @@ def test_failing_validation_backs_off_then_renews_once_fixed(pebble, tmp_path):
     assert "back-off after 5 failed attempts" in www["renew_reason"]
     assert www["last_outcome"] == "failed" and status.returncode == 1
 
-    setup.listen = None  # fixed: the webserver where Pebble's VA connects
+    setup.listen = None  # fixed in lacme.conf: the webserver where Pebble's VA connects
     setup.write()
-    for hour in range(runs, runs + 8):  # the next attempt is at 15 + 16 = 31
-        offset = pebble.log_offset()
-        done = master_at(setup, hour, "newOrder", env=env)
-        sent = pebble.requests_since(offset)[ORDERS]
-        if hour < 31:
-            assert sent == 0 and done.returncode == 0, done.stderr
-            assert not cert.exists()
-        else:
-            assert sent == 1 and done.returncode == 0, done.stderr
-            assert cert.exists()
+    offset = pebble.log_offset()
+    done = master_at(setup, runs, "newOrder", env=env)  # the configuration changed: at once
+    assert pebble.requests_since(offset)[ORDERS] == 1 and done.returncode == 0, done.stderr
+    assert "configuration changed since the failure" in done.stderr
+    assert cert.exists()
     state = json.loads((tmp_path / "state" / "renewal.json").read_text())["entries"][0]
     assert state["last_outcome"] == "installed" and state["failures"] == 0
+
+
+@pytest.mark.pebble
+@needs_faketime
+def test_fix_outside_the_configuration_is_found_by_the_next_attempt(pebble, tmp_path):
+    """Port 80 unblocked (here: something else starts answering where Pebble's VA
+    connects): lacme.conf unchanged, so the back-off's schedule finds it."""
+    key = write_key(tmp_path / "account.key", "p256")
+    setup = LacmeSetup(root=tmp_path / "etc", pebble=pebble, account_key=key,
+                       listen=f"127.0.0.1:{pebble.http_port}")
+    setup.add_section("www", [unique_name()], key_kind="p256")
+    setup.write()
+    env = {"STATE_DIRECTORY": str(tmp_path / "state")}
+    assert setup.run("account", "--register", "--tos-agreed", env=env).returncode == 0
+    blocker = socket.socket()  # the VA's port taken by something that never answers
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", pebble.http_port))
+    blocker.listen(1)
+    try:
+        for hour in (0, 1):  # two failures (the webserver cannot even listen)
+            assert master_at(setup, hour, "newOrder", env=env).returncode != 0
+    finally:
+        blocker.close()
+    cert = Path(setup.sections["www"]["certificate"])
+    offset = pebble.log_offset()
+    done = master_at(setup, 2, "newOrder", env=env)  # next attempt at 1 + 2 = 3
+    assert pebble.requests_since(offset)[ORDERS] == 0 and "back-off after 2" in done.stderr
+    done = master_at(setup, 3, "newOrder", env=env)
+    assert done.returncode == 0 and cert.exists(), done.stderr
 
 
 # -- against the hostile CA: rateLimited with Retry-After, and --force ------------------

@@ -53,6 +53,9 @@ SIGNALS = 2
 SAMPLE = 0.2
 CERTBOT = os.environ.get("ARI_BENCH_CERTBOT", "/opt/lacme-ari-certbot/bin/certbot")
 LEGO = os.environ.get("ARI_BENCH_LEGO", "/opt/lacme-ari-lego/usr/bin/lego")
+# the python of a venv holding another lacme tree (e.g. the one before a change): client
+# "lacme-before", its master run by that python, its components found beside it
+LACME_BEFORE = os.environ.get("ARI_BENCH_LACME_BEFORE", "")
 REPLACEMENT_LOG = "is a replacement of"
 ORDER_LOG = "POST /order-plz -> calling handler()"
 
@@ -80,9 +83,12 @@ class Client:
     renew_argv: list = field(default_factory=list)
     lacme: LacmeSetup | None = None
     helper: subprocess.Popen | None = None
+    python: str | None = None  # lacme-before: another tree's venv
 
     def run(self, argv: list) -> subprocess.CompletedProcess:
-        if self.lacme is not None:
+        if self.lacme is not None and self.python is not None:
+            argv = [self.python, "-m", "lacme.master", f"--config={self.lacme.conf}", *argv]
+        elif self.lacme is not None:
             return self.lacme.run(*argv, env=self.env, timeout=120)
         environ = dict(os.environ)
         environ.update(self.env)
@@ -93,21 +99,26 @@ class Client:
             return subprocess.CompletedProcess(argv, 124, "", f"timeout: {exc}")
 
 
-def make_lacme(pebble: Pebble, workdir: Path) -> Client:
-    client = Client("lacme", pebble, workdir)
+def make_lacme(pebble: Pebble, workdir: Path, before: str | None = None) -> Client:
+    client = Client("lacme-before" if before else "lacme", pebble, workdir, python=before)
     key = write_key(workdir / "account.key", "p256")
     setup = LacmeSetup(root=workdir / "etc", pebble=pebble, account_key=key,
-                       extra_default=f"run-interval = {TIMER}", extra_client="timeout = 4")
+                       extra_default="" if before else f"run-interval = {TIMER}",
+                       extra_client="timeout = 4")
     setup.add_section("www", [client.domain], key_kind="p256", profile="default")
     setup.write()
     client.lacme = setup
     client.env = {"STATE_DIRECTORY": str(workdir / "state")}
     client.cert_path = Path(setup.sections["www"]["certificate"])
-    done = setup.run("account", "--register", "--tos-agreed", env=client.env)
+    done = client.run(["account", "--register", "--tos-agreed"])
     if done.returncode != 0:
         raise RuntimeError(f"lacme account --register: {done.stderr.strip()}")
     client.issue_argv = client.renew_argv = ["newOrder"]
     return client
+
+
+def make_lacme_before(pebble: Pebble, workdir: Path) -> Client:
+    return make_lacme(pebble, workdir, before=LACME_BEFORE)
 
 
 def make_certbot(pebble: Pebble, workdir: Path) -> Client:
@@ -344,6 +355,8 @@ def run_scenario(scenario: str) -> dict:
     duration = OUTAGE_DURATION if scenario == "outage" else DURATION
     deadline = time.time() + 20 + duration
     makers = [make_lacme]
+    if LACME_BEFORE:
+        makers.append(make_lacme_before)
     if os.access(CERTBOT, os.X_OK):
         makers.append(make_certbot)
     else:

@@ -30,6 +30,7 @@ from lacme.master.ari import certificate_facts
 from lacme.master.plan import (
     Plan,
     check_renewal_info,
+    config_stamp,
     lifetime_of,
     load_sections,
     log_skip,
@@ -61,7 +62,8 @@ def new_order(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> i
             rv = EXIT_FAILURE
             continue
         selected.append(section)
-    plans = [plan_section(s, entries, cli_min_days, time.time(), cfg.run_interval) for s in selected]
+    plans = [plan_section(s, entries, cli_min_days, time.time(), cfg.run_interval, cfg.path)
+             for s in selected]
     if not any(p.check or p.decision.due for p in plans):
         if not args.quiet:
             for plan in plans:
@@ -76,7 +78,8 @@ def new_order(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> i
     lock = lock_run(cfg.path, lock_wait(cfg))
     try:
         entries = store.load()
-        plans = [plan_section(s, entries, cli_min_days, time.time(), cfg.run_interval) for s in selected]
+        plans = [plan_section(s, entries, cli_min_days, time.time(), cfg.run_interval, cfg.path)
+             for s in selected]
         return max(rv, check_and_order(cfg, args, store, plans))
     finally:
         os.close(lock)
@@ -130,7 +133,7 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
     except LacmeError as exc:
         for plan in (pending.values() if pending else due):
             if plan.section.name not in installed:
-                plan.entry = _failed_entry(plan.entry, str(exc))
+                plan.entry = _failed_entry(plan, str(exc))
         raise
     for sid, outcome in results.items():
         if outcome is not True:
@@ -184,16 +187,18 @@ def _record_failure(plan: Plan, reason: str, retry_after: float | None = None) -
     log.error("[%s] %s", section.name, reason,
               extra={"MESSAGE_ID": journal.ORDER_FAILED, "LACME_SECTION": section.name,
                      "LACME_IDENTIFIERS": ",".join(section.names), "LACME_OUTCOME": "failed"})
-    plan.entry = _failed_entry(plan.entry, reason, retry_after)
+    plan.entry = _failed_entry(plan, reason, retry_after)
 
 
-def _failed_entry(entry: Entry, reason: str, retry_after: float | None = None) -> Entry:
+def _failed_entry(plan: Plan, reason: str, retry_after: float | None = None) -> Entry:
     """One more failed attempt (the back-off grows); a rateLimited problem's
-    Retry-After (seconds) is kept as a moment, for the next runs."""
-    now = time.time()
+    Retry-After (seconds) is kept as a moment, for the next runs; the stats of
+    the configuration, so that changing it ends the back-off."""
+    now, entry = time.time(), plan.entry
     return replace(entry, last_attempt=now, last_outcome="failed", last_error=reason[:500],
                    failures=entry.failures + 1,
-                   retry_until=now + retry_after if retry_after is not None else entry.retry_until)
+                   retry_until=now + retry_after if retry_after is not None else entry.retry_until,
+                   failed_config=str(config_stamp(plan.config_path, plan.section)))
 
 
 def _on_certificate(pending: Plan, pem: str, installed: list[str],

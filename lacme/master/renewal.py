@@ -30,7 +30,8 @@ The rules (README "How lacme decides when to renew"):
   past the margin's bound (past it, every run tries: a certificate near
   expiry is always tried); a ``rateLimited`` problem's Retry-After is waited
   for whatever else (the CA refuses until then), except once expired.
-  ``--force`` ignores both.
+  ``--force`` ignores both; so does a changed configuration
+  (``lacme.master.plan.held_back``).
 * ARI is asked again when ``next_check`` has passed: Retry-After (6 hours
   when absent) but never more than 1/100 of the lifetime, so that a
   changed window (revocation, CA incident) is seen within 1/100 of the

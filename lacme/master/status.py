@@ -27,7 +27,14 @@ from lacme.config.specifiers import Identity
 from lacme.core.errors import LacmeError, UsageError
 from lacme.core.record import Record, replace
 from lacme.master.drift import drift_reason
-from lacme.master.plan import format_time, held_back, lifetime_of, load_sections, read_facts
+from lacme.master.plan import (
+    config_stamp,
+    format_time,
+    held_back,
+    lifetime_of,
+    load_sections,
+    read_facts,
+)
 from lacme.master.renewal import (
     DEFAULT_RUN_INTERVAL,
     Decision,
@@ -52,7 +59,8 @@ def status(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> int:
         raise UsageError(f"no such section: {', '.join(f'[{n}]' for n in unknown)}")
     entries = StateStore(default_directory(cfg.state_directory)).load()
     now = time.time()
-    statuses = [section_status(sections[n], entries, now, cfg.run_interval) for n in names]
+    statuses = [section_status(sections[n], entries, now, cfg.run_interval, cfg.path)
+                for n in names]
     if args.prometheus:
         write_prometheus(args.prometheus, format_prometheus(statuses, now))
     text = format_json(statuses) if args.json else format_text(statuses)
@@ -101,7 +109,7 @@ class SectionStatus(Record):
 
 
 def section_status(section: CertSection, entries: dict[str, Entry], now: float,
-                   period: float = DEFAULT_RUN_INTERVAL) -> SectionStatus:
+                   period: float = DEFAULT_RUN_INTERVAL, config_path: str = "") -> SectionStatus:
     """What ``section`` looks like now, decided as newOrder would."""
     path = section.certificate_chain or section.certificate or ""
     facts, unreadable = read_facts(path)
@@ -117,7 +125,8 @@ def section_status(section: CertSection, entries: dict[str, Entry], now: float,
     if reason := drift_reason(section, path, facts, entry):  # renewed at once (lacme.master.drift)
         decision = Decision(True, reason)
     if entry is not None and (section.min_days is None or section.min_days >= 0):
-        decision = held_back(decision, entry, lifetime, period, now)  # the next attempt, and why
+        decision = held_back(decision, entry, lifetime, period, now,  # the next attempt, and why
+                             config_stamp(config_path, section))
     return SectionStatus(
         section=section.name,
         identifiers=tuple(v for _, v in section.identifiers),
