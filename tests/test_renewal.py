@@ -239,7 +239,7 @@ def test_state_directory_precedence(monkeypatch):
 def full_entry(section: str = "s", path: str = "/p") -> Entry:
     """An entry with every field set."""
     text = {"cert_id", "explanation_url", "last_outcome", "last_error", "replaced", "key_file",
-            "key_spki", "cafile_check"}
+            "key_spki", "cafile_check", "failed_config"}
     flags = {"ari", "cafile_ok"}
     return Entry(section, path, **{name: ("x" if name in text else False if name in flags else T0)
                                    for name in Entry._fields[2:]})
