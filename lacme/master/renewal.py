@@ -124,7 +124,7 @@ def decide(lifetime: Lifetime | None, chosen: float | None, now: float,
         if now >= chosen:
             return Decision(True, "the chosen moment in the ARI window has passed", chosen)
         return Decision(False, "before the chosen moment in the ARI window", chosen)
-    if chosen is not None:  # chosen before the margin (an older rule, another run-interval)
+    if chosen is not None:  # chosen past the margin (an older rule, another run-interval)
         renew_at, what = bound, "the renewal margin"
     else:
         share = fallback_share(lifetime)
