@@ -43,6 +43,10 @@ from lacme.master.lock import lock_run, lock_wait
 from lacme.protocol import control
 from lacme.protocol.jws import b64u_encode
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from lacme.master.dnsrelay import DnsRelay
+
 log = logging.getLogger("lacme")
 
 
@@ -58,8 +62,9 @@ class ClientSession:
     """One run of the ACME client, with its accountd and webservers."""
 
     def __init__(self, cfg: MasterConfig, *, debug: bool = False, challenges: bool = False,
-                 locked: bool = False) -> None:
-        """``locked``: the caller already holds the run lock (``lock_run``)."""
+                 locked: bool = False, dns_names: Iterable[str] = ()) -> None:
+        """``locked``: the caller already holds the run lock (``lock_run``);
+        ``dns_names``: names whose DNS records lacme-dns may write this run."""
         self.cfg = cfg
         self.locked = locked
         self.debug = debug
@@ -71,6 +76,8 @@ class ClientSession:
         self.aborting = False
         self.children = Children()
         self.webservers: Webservers | None = None  # until every one is ready
+        self.dns_names = tuple(dns_names)
+        self.dns: DnsRelay | None = None
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> ClientSession:
@@ -83,6 +90,8 @@ class ClientSession:
             if self.with_challenges:
                 self.challenges, self.webservers = open_challenges(
                     self.cfg, self.children, self.stack, self.debug)
+            if self.dns_names:
+                self.dns = self._open_dns()
             accountd = open_accountd(self.cfg, self.children, self.debug)
             # Kept until the end and then shut down, so that accountd sees the
             # end at once instead of after the client's exit.
@@ -108,6 +117,14 @@ class ClientSession:
     def cancel(self) -> None:
         """No command will be sent: the children are told to stop at the end."""
         self.aborting = True
+
+    def _open_dns(self) -> DnsRelay:
+        from lacme.config.dns import DnsSettings
+        from lacme.master.dnsrelay import open_dns
+        from lacme.master.state import default_directory
+
+        return open_dns(self.cfg.dns or DnsSettings(), self.children, self.stack, self.debug,
+                        self.dns_names, default_directory(self.cfg.state_directory))
 
     def _stop_children(self) -> None:
         self.children.stop(self.aborting)
@@ -174,6 +191,8 @@ class ClientSession:
                 self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
             elif kind == "unpublish":
                 self.challenges.unpublish(str(msg.get("token", "")))
+            elif kind in ("dns_publish", "dns_unpublish"):
+                self._dns_request(msg)
             elif kind == "certificate" and msg.get("id") in results:
                 pem = str(msg.get("pem", ""))
                 alternates = [a for a in msg.get("alternates") or [] if isinstance(a, str)]
@@ -235,6 +254,25 @@ class ClientSession:
             answer = control.encode_message("published", token=token, ok=False, message=str(exc))
             log.error("cannot publish challenge %r: %s", token, exc)
         self.channel.send(answer)
+
+    def _dns_request(self, msg: dict[str, Any]) -> None:
+        """dns_publish (answered once served) and dns_unpublish, relayed to lacme-dns."""
+        assert self.channel is not None
+        raw = msg.get("records")
+        records = [(str(r.get("name", "")), str(r.get("value", ""))) for r in raw
+                   if isinstance(r, dict)] if isinstance(raw, list) else []
+        if msg["type"] == "dns_unpublish":
+            if self.dns is not None:
+                self.dns.unpublish(records)
+            return
+        if self.dns is None:
+            ok, message = False, "no section of this run uses dns-01 or dns-persist-01"
+        else:
+            ok, message = self.dns.publish(records, persistent=msg.get("persistent") is True)
+        if not ok:
+            log.error("cannot publish DNS records: %s", message)
+        self.channel.send(control.encode_message("dns_published", id=str(msg.get("id", "")),
+                                                 ok=ok, message=message))
 
     def _messages(self) -> Iterator[dict[str, Any]]:
         """Messages from the client until it ends the conversation."""
