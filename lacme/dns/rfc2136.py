@@ -33,7 +33,8 @@ QUERY_TIMEOUT = 5.0
 MAX_CNAME = 8
 
 _TSIG_ERRORS = {
-    dns.tsig.PeerBadKey: "BADKEY (wrong key name or algorithm)",
+    dns.tsig.PeerBadKey: "BADKEY (unknown key name or algorithm, or the server's update "
+                         "policy does not let this key write these records)",
     dns.tsig.PeerBadSignature: "BADSIG (wrong key secret)",
     dns.tsig.PeerBadTime: "BADTIME (clocks differ)",
     dns.tsig.PeerBadTruncation: "BADTRUNC",
@@ -57,6 +58,8 @@ def describe_failure(zone: Zone, exc: BaseException) -> str:
             return f"{where}: TSIG key {zone.key_name} refused: {text}"
     if isinstance(exc, (dns.exception.Timeout, TimeoutError)):
         return f"{where}: no answer within {QUERY_TIMEOUT:.0f}s"
+    if isinstance(exc, EOFError):
+        return f"{where}: {exc}"
     if isinstance(exc, ConnectionRefusedError):
         return f"{where}: connection refused (is the server running?)"
     if isinstance(exc, OSError):
@@ -76,19 +79,48 @@ def send_update(zone: Zone, add: Sequence[tuple[str, str]], delete: Sequence[tup
     for name, value in add:
         update.add(dns.name.from_text(name), ttl, "TXT", quoted(value))
     try:
-        answer = dns.query.tcp(update, zone.server.host, timeout=QUERY_TIMEOUT,
-                               port=zone.server.port)
+        data = exchange_tcp(update, zone.server)
     except (dns.exception.DNSException, OSError) as exc:
         raise LacmeError(describe_failure(zone, exc)) from None
-    rcode = answer.rcode()
+    # The header's rcode first: a server that refuses the zone answers unsigned.
+    rcode = dns.rcode.Rcode.make(data[3] & 0x0F) if len(data) >= 4 else dns.rcode.FORMERR
+    try:
+        dns.message.from_wire(data, keyring=update.keyring, request_mac=update.mac)
+    except dns.exception.DNSException as exc:
+        if rcode == dns.rcode.NOERROR or isinstance(exc, tuple(_TSIG_ERRORS)):
+            raise LacmeError(describe_failure(zone, exc)) from None
     if rcode != dns.rcode.NOERROR:
-        hint = {dns.rcode.NOTAUTH: " (the server is not authoritative for the zone, or the key "
-                                   "is not accepted)",
-                dns.rcode.REFUSED: " (the update policy does not allow this key to write these "
-                                   "records)",
-                dns.rcode.NOTZONE: " (a name is outside the zone)"}.get(rcode, "")
+        hints: dict[int, str] = {
+            dns.rcode.NOTAUTH: " (the server is not authoritative for the zone, or the key is "
+                               "not accepted)",
+            dns.rcode.REFUSED: " (the update policy does not allow this key to write these "
+                               "records)",
+            dns.rcode.NOTZONE: " (a name is outside the zone)"}
+        hint = hints.get(rcode, "")
         raise LacmeError(f"zone {zone.name}: {zone.server}: update refused: "
                          f"{dns.rcode.to_text(rcode)}{hint}")
+
+
+def exchange_tcp(message: dns.message.Message, server: Server) -> bytes:
+    """One message out over TCP (RFC 1035 4.2.2), the raw answer back."""
+    import socket
+    import struct
+
+    wire = message.to_wire()
+    with socket.create_connection((server.host, server.port), timeout=QUERY_TIMEOUT) as sock:
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+        head = _read_exactly(sock, 2)
+        return _read_exactly(sock, struct.unpack("!H", head)[0])
+
+
+def _read_exactly(sock: object, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))  # type: ignore[attr-defined]  # a socket
+        if not chunk:
+            raise EOFError("connection closed by the server")
+        data += chunk
+    return data
 
 
 def query(server: Server, name: str, rdtype: str) -> dns.message.Message:

@@ -1,0 +1,158 @@
+"""dns-01 end to end: lacme, lacme-dns, a real Knot DNS and a real Pebble 2.10.
+
+Pebble's VA asks Knot (``-dnsserver``) for ``_acme-challenge`` TXT records;
+lacme-dns writes them with TSIG-signed RFC 2136 UPDATEs that Knot's ACL
+allows only for TXT records at the challenge owners.  Each test checks
+the certificate, the records left in the zone (none) and the master's one
+line when something is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.knot import KEY_NAME, SESSION_ZONES, Knot, name, start_knot
+from tests.lacmeenv import LacmeSetup, load_chain, public_dir, san_names, write_key
+from tests.pebble import PEBBLE_SID, Pebble, start_pebble
+
+pytestmark = [pytest.mark.pebble,
+              pytest.mark.skipif(not os.path.exists(PEBBLE_SID), reason="needs Pebble 2.10")]
+
+ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"}
+
+
+@pytest.fixture(scope="module")
+def knot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Knot]:
+    instance = start_knot(tmp_path_factory.mktemp("knot"), SESSION_ZONES)
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="module")
+def dns_pebble(tmp_path_factory: pytest.TempPathFactory, knot: Knot) -> Iterator[Pebble]:
+    instance = start_pebble(tmp_path_factory.mktemp("pebble-dns"), env=ENV, binary=PEBBLE_SID,
+                            dns_server=knot.address)
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="module")
+def account_key(dns_pebble: Pebble) -> Path:
+    """An account key registered once with the module's Pebble."""
+    root = public_dir()
+    key = write_key(root / "account.key", "p256")
+    setup = LacmeSetup(root=root, pebble=dns_pebble, account_key=key)
+    setup.write()
+    done = setup.run("account", "--register", "--tos-agreed")
+    assert done.returncode == 0, done.stderr
+    return key
+
+
+def dns_conf(knot: Knot, *, secret: str | None = None, key_name: str = KEY_NAME,
+             zone: str = "example.test", server: str | None = None, timeout: float = 10,
+             check: str | None = None) -> str:
+    return "\n".join([
+        f"timeout = {timeout}",
+        f"[{zone}]",
+        f"server = {server or knot.address}",
+        f"key-name = {key_name}",
+        f"key-secret = {secret or knot.secret}",
+        f"check = {check or knot.address}", ""])
+
+
+def make_setup(dns_pebble: Pebble, knot: Knot, account_key: Path,
+               conf: str | None = None) -> LacmeSetup:
+    root = public_dir()
+    setup = LacmeSetup(root=root, pebble=dns_pebble, account_key=account_key)
+    setup.write()
+    write_dns(setup, conf if conf is not None else dns_conf(knot))
+    return setup
+
+
+def write_dns(setup: LacmeSetup, conf: str) -> None:
+    (setup.root / "lacme-dns.conf").write_text(conf)
+    (setup.root / "lacme-dns.conf").chmod(0o600)
+    text = setup.conf.read_text().split("[dns]")[0]
+    setup.conf.write_text(text + f"[dns]\nuser =\ngroup =\nconfig = {setup.root / 'lacme-dns.conf'}\n")
+
+
+def issue(setup: LacmeSetup, *sections: str) -> tuple[int, str]:
+    setup.write_certs()
+    done = setup.run("newOrder", *sections)
+    return done.returncode, done.stderr
+
+
+def test_wildcard_and_apex_issued_over_dns01(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    setup = make_setup(dns_pebble, knot, account_key)
+    setup.add_section("wild", ["example.test", "*.example.test"], challenge="dns-01")
+    before = knot.serial()
+    rc, err = issue(setup)
+    assert rc == 0, err
+    assert san_names(load_chain(setup.root / "wild.crt")[0]) == {"example.test", "*.example.test"}
+    assert knot.all_txt() == {}, "the challenge records are removed after the run"
+    # One UPDATE adds both values (one name: apex and wildcard share it), one removes them.
+    assert knot.serial() == before + 2
+
+
+def test_wildcard_defaults_to_dns01(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    setup = make_setup(dns_pebble, knot, account_key)
+    setup.add_section("wwild", ["*.www.example.test"])
+    rc, err = issue(setup)
+    assert rc == 0, err
+    assert san_names(load_chain(setup.root / "wwild.crt")[0]) == {"*.www.example.test"}
+    assert knot.all_txt() == {}
+
+
+def test_twenty_certificates_share_one_update(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    setup = make_setup(dns_pebble, knot, account_key)
+    for i in range(1, 21):
+        setup.add_section(f"h{i:02d}", [name(f"h{i:02d}")], challenge="dns-01", key_kind="p256")
+    before = knot.serial()
+    rc, err = issue(setup)
+    assert rc == 0, err
+    for i in range(1, 21):
+        assert (setup.root / f"h{i:02d}.crt").exists()
+    assert knot.all_txt() == {}
+    assert knot.serial() == before + 2, "one UPDATE adds the 20 records, one removes them"
+
+
+@pytest.mark.parametrize("case", ["secret", "key-name", "zone", "server-down", "never-served"])
+def test_bad_dns_setup_one_line_no_record(dns_pebble: Pebble, knot: Knot, account_key: Path, case: str,
+                                          tmp_path: Path) -> None:
+    conf = {
+        "secret": dns_conf(knot, secret="c2VjcmV0IHRoYXQgaXMgd3Jvbmcgc2VjcmV0IQ=="),
+        "key-name": dns_conf(knot, key_name="other-key"),
+        "zone": dns_conf(knot, zone="missing.test"),
+        "server-down": dns_conf(knot, server="127.0.0.1:1"),
+        "never-served": dns_conf(knot, timeout=1, check="127.0.0.1:1"),
+    }[case]
+    expected = {
+        "secret": "BADSIG", "key-name": "BADKEY", "zone": "no zone configured for",
+        "server-down": "connection refused", "never-served": "not served by 127.0.0.1:1",
+    }[case]
+    setup = make_setup(dns_pebble, knot, account_key, conf)
+    setup.add_section("bad", [name("www")], challenge="dns-01")
+    before = knot.serial()
+    rc, err = issue(setup)
+    assert rc == 1, err
+    lines = [line for line in err.splitlines() if expected in line]
+    assert len(lines) == 1, err
+    assert not (setup.root / "bad.crt").exists()
+    assert knot.all_txt() == {}
+    if case != "never-served":
+        assert knot.serial() == before, "nothing was written"
+
+
+def test_zone_not_served_is_notauth(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    """A zone lacme-dns.conf names but the server does not serve: NOTAUTH, one line."""
+    conf = dns_conf(knot, zone="test")  # Knot serves example.test, not test
+    setup = make_setup(dns_pebble, knot, account_key, conf)
+    setup.add_section("notauth", [name("www")], challenge="dns-01")
+    rc, err = issue(setup)
+    assert rc == 1, err
+    assert len([line for line in err.splitlines() if "NOTAUTH" in line]) == 1, err
+    assert knot.all_txt() == {}
