@@ -94,13 +94,13 @@ def records(raw: Any) -> list[tuple[str, str]]:
 
 
 def handle_update(publisher: Publisher, msg: dict) -> dict[str, Any]:
+    add = records(msg.get("add", []))
     try:
-        publisher.update(records(msg.get("add", [])), records(msg.get("delete", [])),
-                         wait=msg.get("wait") is True)
+        publisher.update(add, records(msg.get("delete", [])), wait=msg.get("wait") is True)
     except LacmeError as exc:
         logger.debug("update failed: %s", exc)
-        return {"ok": False, "message": str(exc)}
-    return {"ok": True, "message": ""}
+        return {"ok": False, "message": str(exc), "written": publisher.holds(add)}
+    return {"ok": True, "message": "", "written": bool(add)}
 
 
 def run(options: argparse.Namespace) -> int:

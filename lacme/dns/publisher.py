@@ -89,21 +89,26 @@ class Publisher:
         from lacme.dns.rfc2136 import send_update, wait_for_records
 
         for zone, (adds, deletes) in by_zone.items():
-            # Recorded first: a failed or half-applied update is still cleaned up.
-            self.written.update(item for item in add if self.target(item[0])[0] == zone)
+            mine = [item for item in add if self.target(item[0])[0] == zone]
             if zone.command is not None:
                 for owner, value in deletes:
                     run_hook(zone, "del", owner, value)
-                for owner, value in adds:
+                for (owner, value), item in zip(adds, mine, strict=True):
                     run_hook(zone, "add", owner, value)
-            else:
+                    self.written.add(item)
+            else:  # one UPDATE: all of it is applied, or none (RFC 2136 3.4)
                 send_update(zone, adds, deletes, self.cfg.ttl)
+                self.written.update(mine)
             log.info("zone %s: %d added, %d deleted", zone.name, len(adds), len(deletes))
         self.written.difference_update(delete)
         if wait and add:
             waited = {zone: items[0] for zone, items in by_zone.items()
                       if items[0] and (zone.command is None or zone.check)}
             wait_for_records(waited, self.cfg.timeout)
+
+    def holds(self, records: Sequence[tuple[str, str]]) -> bool:
+        """Whether any of ``records`` was written by this connection and is still there."""
+        return any(r in self.written for r in records)
 
     def allowed_bases(self) -> frozenset[str]:
         return self.allowed

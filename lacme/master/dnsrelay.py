@@ -78,6 +78,7 @@ class DnsRelay:
         self.published: set[Record] = set()
         self.path = os.path.join(state_directory, LEFTOVERS) if state_directory else None
         self._next_id = 0
+        self._written = True  # the last update's answer: some added record may be in the zone
         self._send("allow", names=sorted(self.allowed | self._leftover_bases()))
 
     # -------------------------------------------------------------- state
@@ -140,9 +141,16 @@ class DnsRelay:
         if why is not None:
             return False, f"refused: {why}"
         if not persistent:
-            self._save(self.published | set(records))
+            try:
+                self._save(self.published | set(records))
+            except LacmeError as exc:
+                return False, str(exc)
             self.published.update(records)
-        return self._update(records, [], wait=True)
+        ok, message = self._update(records, [], wait=True)
+        if not ok and not self._written and not persistent:
+            self.published.difference_update(records)  # nothing of it is in the zone
+            self._save(self.published)
+        return ok, message
 
     def unpublish(self, records: Sequence[Record]) -> None:
         mine = [r for r in records if r in self.published]
@@ -177,6 +185,7 @@ class DnsRelay:
     def _update(self, add: Sequence[Record], delete: Sequence[Record],
                 wait: bool) -> tuple[bool, str]:
         self._next_id += 1
+        self._written = True
         try:
             self._send("update", id=self._next_id, wait=wait,
                        add=[{"name": n, "value": v} for n, v in add],
@@ -187,6 +196,7 @@ class DnsRelay:
                     return False, "lacme-dns: ended unexpectedly"
                 msg = control.decode_message(line, dns01.DNS_TYPES)
                 if msg.get("id") == self._next_id:
+                    self._written = msg.get("written") is not False
                     return bool(msg.get("ok")), str(msg.get("message", ""))
         except TimeoutError:
             return False, "lacme-dns: no answer in time"

@@ -269,8 +269,8 @@ class ClientSession:
             ok, message = False, "no section of this run uses dns-01 or dns-persist-01"
         else:
             ok, message = self.dns.publish(records, persistent=msg.get("persistent") is True)
-        if not ok:
-            log.error("cannot publish DNS records: %s", message)
+        if not ok:  # the client reports it, once, for each section concerned
+            log.debug("cannot publish DNS records: %s", message)
         self.channel.send(control.encode_message("dns_published", id=str(msg.get("id", "")),
                                                  ok=ok, message=message))
 

@@ -20,7 +20,8 @@ Master -> lacme-dns
     update  {"id": int, "add": [{"name", "value"}], "delete": [{"name", "value"}],
              "wait": bool}               one batch: one UPDATE per zone, one wait
 lacme-dns -> master
-    updated {"id": int, "ok": bool, "message": str}
+    updated {"id": int, "ok": bool, "message": str, "written": bool}
+            written: some added record is in the zone (to be deleted later)
 """
 
 from __future__ import annotations
