@@ -156,3 +156,131 @@ def test_zone_not_served_is_notauth(dns_pebble: Pebble, knot: Knot, account_key:
     assert rc == 1, err
     assert len([line for line in err.splitlines() if "NOTAUTH" in line]) == 1, err
     assert knot.all_txt() == {}
+
+
+def test_master_refuses_what_a_compromised_client_asks(dns_pebble: Pebble, knot: Knot,
+                                                       account_key: Path) -> None:
+    """Only _acme-challenge TXT records of the names being ordered, with a digest's shape."""
+    import json
+    import sys
+
+    from tests.lacmeenv import TREE_ROOT
+
+    setup = make_setup(dns_pebble, knot, account_key)
+    setup.client_command = f"{sys.executable} {TREE_ROOT / 'tests' / 'dns_evil_client.py'} {TREE_ROOT}"
+    setup.write()
+    write_dns(setup, dns_conf(knot))
+    setup.add_section("evil", [name("www")], challenge="dns-01")
+    before = knot.serial()
+    rc, err = issue(setup)
+    assert rc == 1, err
+    line = next(line for line in err.splitlines() if "[evil]" in line and "foreign" in line)
+    answers = json.loads(line[line.index("{"):])
+    assert answers["foreign"]["ok"] is False
+    assert "not a name of the certificates being ordered" in answers["foreign"]["message"]
+    assert answers["value"]["ok"] is False and "digest" in answers["value"]["message"]
+    assert answers["label"]["ok"] is False and "_acme-challenge" in answers["label"]["message"]
+    assert answers["allowed"]["ok"] is True, answers["allowed"]
+    assert knot.all_txt() == {}
+    assert knot.serial() == before + 2, "only the allowed record was written, then removed"
+
+
+def test_lacme_dns_checks_the_rule_again(knot: Knot, tmp_path: Path) -> None:
+    """lacme-dns refuses a name the master did not allow, whatever the master says."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from tests.lacmeenv import TREE_ROOT
+
+    conf = tmp_path / "lacme-dns.conf"
+    conf.write_text(dns_conf(knot))
+    ours, theirs = socket.socketpair()
+    env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "dns", "PYTHONPATH": str(TREE_ROOT),
+           "TEST_FD": str(theirs.fileno())}
+    # The sd_listen_fds protocol, as the master sets it up: the connection as fd 3.
+    code = ("import os, sys; os.dup2(int(os.environ.pop('TEST_FD')), 3); "
+            "os.environ['LISTEN_PID'] = str(os.getpid()); from lacme.dns.main import main; "
+            "raise SystemExit(main(sys.argv[1:]))")
+    child = subprocess.Popen([sys.executable, "-c", code, f"--config={conf}", "--quiet"],
+                             env=env, pass_fds=(theirs.fileno(),))
+    theirs.close()
+    rfile = ours.makefile("rb")
+
+    def update(add: list[dict]) -> dict:
+        ours.sendall(json.dumps({"type": "update", "id": 1, "add": add, "delete": [],
+                                 "wait": True}).encode() + b"\n")
+        return json.loads(rfile.readline())
+
+    ours.sendall(b'{"type": "allow", "names": ["www.example.test"]}\n')
+    digest = "A" * 42 + "E"
+    before = knot.serial()
+    refused = update([{"name": "_acme-challenge.h07.example.test", "value": digest}])
+    assert refused["ok"] is False and "not a name of the certificates" in refused["message"]
+    accepted = update([{"name": "_acme-challenge.www.example.test", "value": digest}])
+    assert accepted["ok"] is True, accepted
+    assert knot.txt("_acme-challenge.www.example.test") == {digest}
+    rfile.close()
+    ours.close()  # the master went away: lacme-dns removes what it wrote
+    assert child.wait(timeout=20) == 0
+    assert knot.all_txt() == {}
+    assert knot.serial() == before + 2
+
+
+def start_master(setup: LacmeSetup) -> "subprocess.Popen[str]":
+    import subprocess
+    import sys
+
+    from tests.lacmeenv import TREE_ROOT
+
+    setup.write_certs()
+    return subprocess.Popen([sys.executable, "-m", "lacme.master", f"--config={setup.conf}",
+                             "newOrder"], env={**os.environ, "PYTHONPATH": str(TREE_ROOT)},
+                            cwd=str(setup.root), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def wait_for_record(knot: Knot, owner: str, process: "subprocess.Popen[str]") -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while not knot.txt(owner):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the record was never written"
+        time.sleep(0.05)
+
+
+def test_sigterm_removes_the_records(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    import signal
+
+    # The record is written but never seen on the check server: the run waits.
+    setup = make_setup(dns_pebble, knot, account_key, dns_conf(knot, timeout=60, check="127.0.0.1:1"))
+    setup.add_section("term", [name("www")], challenge="dns-01")
+    process = start_master(setup)
+    wait_for_record(knot, "_acme-challenge.www.example.test", process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode != 0
+    assert knot.all_txt() == {}, err
+    assert not (setup.root / "term.crt").exists()
+
+
+def test_next_run_removes_what_a_killed_run_left(dns_pebble: Pebble, knot: Knot,
+                                                 account_key: Path) -> None:
+    """SIGKILL of every process of the run: the record stays; the next run removes it first."""
+    import signal
+
+    setup = make_setup(dns_pebble, knot, account_key, dns_conf(knot, timeout=60, check="127.0.0.1:1"))
+    setup.add_section("kill", [name("www")], challenge="dns-01")
+    process = start_master(setup)
+    wait_for_record(knot, "_acme-challenge.www.example.test", process)
+    os.killpg(process.pid, signal.SIGKILL)  # master, client, lacme-dns: nobody cleans up
+    process.communicate(timeout=10)
+    left = knot.all_txt()
+    assert set(left) == {"_acme-challenge.www.example.test"}
+    write_dns(setup, dns_conf(knot))
+    rc, err = issue(setup)
+    assert rc == 0, err
+    assert "left by a killed run" in err
+    assert knot.all_txt() == {}

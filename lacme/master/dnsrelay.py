@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 
 from lacme.config.dns import DnsSettings
@@ -41,8 +41,10 @@ Record = tuple[str, str]
 
 
 def open_dns(settings: DnsSettings, children: Children, stack: ExitStack, debug: bool,
-             names: Iterable[str], state_directory: str | None) -> DnsRelay:
-    """lacme-dns, spawned or connected, told the names of this run."""
+             names: Iterable[str], state_directory: str | None,
+             aborting: Callable[[], bool]) -> DnsRelay:
+    """lacme-dns, spawned or connected, told the names of this run; closed
+    with the run (``aborting()``: interrupted, see ``DnsRelay.close``)."""
     if settings.connect:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -64,7 +66,7 @@ def open_dns(settings: DnsSettings, children: Children, stack: ExitStack, debug:
         log.debug("spawned lacme-dns, pid %d", pid)
     sock.settimeout(DNS_TIMEOUT)
     relay = DnsRelay(Channel(sock), names, state_directory)
-    stack.callback(relay.close)
+    stack.callback(lambda: relay.close(aborting=aborting()))
     relay.remove_leftovers()
     return relay
 
@@ -163,10 +165,13 @@ class DnsRelay:
         else:
             log.error("cannot remove DNS records: %s", message)
 
-    def close(self) -> None:
-        """Delete what is still published, then hang up."""
+    def close(self, *, aborting: bool = False) -> None:
+        """Delete what is still published, then hang up.  Interrupted (SIGTERM),
+        the master only hangs up: lacme-dns, told to stop, or seeing the end of
+        the connection, deletes what it wrote itself, without the master
+        waiting for a propagation wait it may be in."""
         try:
-            if self.published:
+            if self.published and not aborting:
                 self.unpublish(sorted(self.published))
         finally:
             try:

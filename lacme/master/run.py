@@ -124,7 +124,8 @@ class ClientSession:
         from lacme.master.state import default_directory
 
         return open_dns(self.cfg.dns or DnsSettings(), self.children, self.stack, self.debug,
-                        self.dns_names, default_directory(self.cfg.state_directory))
+                        self.dns_names, default_directory(self.cfg.state_directory),
+                        lambda: self.aborting)
 
     def _stop_children(self) -> None:
         self.children.stop(self.aborting)
