@@ -16,8 +16,8 @@ import sys
 
 sys.path.insert(0, sys.argv[1])
 
-from lacme.core import descriptors  # noqa: E402 - after the path
-from lacme.protocol import control  # noqa: E402
+from lacme.core import descriptors
+from lacme.protocol import control
 
 DIGEST = "A" * 42 + "E"
 

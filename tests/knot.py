@@ -147,7 +147,7 @@ def start_knot(workdir: Path, zones: Sequence[str] = (ZONE, SECOND_ZONE),
             try:
                 knot.serial(zones[0])
                 return knot
-            except Exception as exc:  # not answering yet
+            except Exception as exc:  # noqa: BLE001 - any failure means not answering yet
                 error = exc
                 time.sleep(0.05)
         stop_process(process)

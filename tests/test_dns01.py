@@ -10,6 +10,7 @@ line when something is wrong.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def test_lacme_dns_checks_the_rule_again(knot: Knot, tmp_path: Path) -> None:
     assert knot.serial() == before + 2
 
 
-def start_master(setup: LacmeSetup) -> "subprocess.Popen[str]":
+def start_master(setup: LacmeSetup) -> subprocess.Popen[str]:
     import subprocess
     import sys
 
@@ -241,7 +242,7 @@ def start_master(setup: LacmeSetup) -> "subprocess.Popen[str]":
                             text=True, start_new_session=True)
 
 
-def wait_for_record(knot: Knot, owner: str, process: "subprocess.Popen[str]") -> None:
+def wait_for_record(knot: Knot, owner: str, process: subprocess.Popen[str]) -> None:
     import time
 
     deadline = time.monotonic() + 30
