@@ -97,6 +97,9 @@ def zone_text(zone: str, extra: Sequence[str] = ()) -> str:
         f"$ORIGIN {zone}.", "$TTL 60",
         f"@ SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60",
         f"@ NS ns.{zone}.", "ns A 127.0.0.1", "@ A 127.0.0.1", "* A 127.0.0.1",
+        # Explicit addresses: a name with a challenge record below it is no
+        # longer covered by the wildcard (RFC 4592 2.2.2).
+        *[f"{host} A 127.0.0.1" for host in HOSTS if host],
         *extra, ""])
 
 

@@ -285,3 +285,49 @@ def test_next_run_removes_what_a_killed_run_left(dns_pebble: Pebble, knot: Knot,
     assert rc == 0, err
     assert "left by a killed run" in err
     assert knot.all_txt() == {}
+
+
+HOOK = """#!/bin/sh
+# A provider hook: PATH add|del FQDN VALUE, its secret in a file of its own.
+set -e
+. {env}
+case "$1" in
+    add) op="update add $2. 60 TXT \\"$3\\"" ;;
+    del) op="update delete $2. TXT \\"$3\\"" ;;
+    *) echo "unknown action $1" >&2; exit 2 ;;
+esac
+printf 'server 127.0.0.1 %s\\nzone example.test.\\nkey hmac-sha256:%s %s\\n%s\\nsend\\n' \\
+    "$PORT" "$KEY_NAME" "$SECRET" "$op" | knsupdate
+"""
+
+
+def hook_setup(dns_pebble: Pebble, knot: Knot, account_key: Path, secret: str) -> LacmeSetup:
+    setup = make_setup(dns_pebble, knot, account_key)
+    env = setup.root / "hook.env"
+    env.write_text(f"PORT={knot.port}\nKEY_NAME={KEY_NAME}\nSECRET={secret}\n")
+    env.chmod(0o600)
+    hook = setup.root / "hook.sh"
+    hook.write_text(HOOK.format(env=env))
+    hook.chmod(0o700)
+    write_dns(setup, f"timeout = 10\n[example.test]\ncommand = {hook}\ncheck = {knot.address}\n")
+    return setup
+
+
+def test_hook_backend_issues(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    setup = hook_setup(dns_pebble, knot, account_key, knot.secret)
+    setup.add_section("hooked", [name("www"), "*." + name("www")])
+    rc, err = issue(setup)
+    assert rc == 0, err
+    assert san_names(load_chain(setup.root / "hooked.crt")[0]) == {name("www"), "*." + name("www")}
+    assert knot.all_txt() == {}
+
+
+def test_failing_hook_is_one_line(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    setup = hook_setup(dns_pebble, knot, account_key, knot.nobody_secret)  # wrong secret
+    setup.add_section("badhook", [name("www")], challenge="dns-01")
+    before = knot.serial()
+    rc, err = issue(setup)
+    assert rc == 1, err
+    lines = [line for line in err.splitlines() if "hook.sh add _acme-challenge.www" in line]
+    assert len(lines) == 1 and "exit status" in lines[0], err
+    assert knot.all_txt() == {} and knot.serial() == before
