@@ -331,3 +331,57 @@ def test_failing_hook_is_one_line(dns_pebble: Pebble, knot: Knot, account_key: P
     lines = [line for line in err.splitlines() if "hook.sh add _acme-challenge.www" in line]
     assert len(lines) == 1 and "exit status" in lines[0], err
     assert knot.all_txt() == {} and knot.serial() == before
+
+
+def delete_txt(knot: Knot, owner: str) -> None:
+    """Remove every TXT record of ``owner`` (a test's own clean-up, with the test key)."""
+    import base64
+
+    import dns.query
+    import dns.tsig
+    import dns.update
+
+    update = dns.update.UpdateMessage("example.test")
+    update.use_tsig(dns.tsig.Key(KEY_NAME, base64.b64decode(knot.secret), "hmac-sha256"))
+    update.delete(owner + ".", "TXT")
+    dns.query.tcp(update, "127.0.0.1", port=knot.port, timeout=5)
+
+
+def test_dns_persist_renewal_writes_nothing(dns_pebble: Pebble, knot: Knot,
+                                            account_key: Path) -> None:
+    setup = make_setup(dns_pebble, knot, account_key)
+    setup.add_section("persist", [name("h10"), "*." + name("h10")], challenge="dns-persist-01")
+    setup.write_certs()
+    owner = "_validation-persist." + name("h10")
+    try:
+        done = setup.run("dns-persist", "--publish")
+        assert done.returncode == 0, done.stderr
+        [line] = done.stdout.splitlines()
+        assert line.startswith(f"{owner}. IN TXT \"")
+        [value] = knot.txt(owner)
+        assert f"; accounturi={dns_pebble.directory_url.rsplit('/', 1)[0]}" in value
+        assert value.endswith("; policy=wildcard") and line.endswith(f'"{value}"')
+        serial = knot.serial()
+        for extra in ((), ("--force",)):
+            rc, err = issue(setup, *extra)
+            assert rc == 0, err
+            assert san_names(load_chain(setup.root / "persist.crt")[0]) == {
+                name("h10"), "*." + name("h10")}
+            assert knot.serial() == serial, "an order over dns-persist-01 writes nothing"
+        assert knot.txt(owner) == {value}, "the persistent record stays"
+    finally:
+        delete_txt(knot, owner)
+
+
+def test_dns_persist_prints_without_publishing(dns_pebble: Pebble, knot: Knot,
+                                               account_key: Path) -> None:
+    setup = make_setup(dns_pebble, knot, account_key)
+    setup.add_section("plain", [name("h11")])
+    setup.write_certs()
+    serial = knot.serial()
+    done = setup.run("dns-persist", "plain")
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.startswith(f"_validation-persist.{name('h11')}. IN TXT \"")
+    assert "policy=wildcard" not in line and "; accounturi=https://" in line
+    assert knot.serial() == serial and knot.all_txt() == {}

@@ -96,7 +96,8 @@ def records(raw: Any) -> list[tuple[str, str]]:
 def handle_update(publisher: Publisher, msg: dict) -> dict[str, Any]:
     add = records(msg.get("add", []))
     try:
-        publisher.update(add, records(msg.get("delete", [])), wait=msg.get("wait") is True)
+        publisher.update(add, records(msg.get("delete", [])), wait=msg.get("wait") is True,
+                         persistent=msg.get("persistent") is True)
     except LacmeError as exc:
         logger.debug("update failed: %s", exc)
         return {"ok": False, "message": str(exc), "written": publisher.holds(add)}

@@ -73,8 +73,9 @@ class Publisher:
         return self._targets[name]
 
     def update(self, add: Sequence[tuple[str, str]], delete: Sequence[tuple[str, str]],
-               wait: bool) -> None:
-        """Check, write and (``wait``) await one batch; LacmeError says why not."""
+               wait: bool, persistent: bool = False) -> None:
+        """Check, write and (``wait``) await one batch; LacmeError says why not.
+        ``persistent`` (dns-persist-01 records): kept when the connection ends."""
         if self.cfg is None:
             raise LacmeError(self.error)
         for name, value in [*add, *delete]:
@@ -89,13 +90,13 @@ class Publisher:
         from lacme.dns.rfc2136 import send_update, wait_for_records
 
         for zone, (adds, deletes) in by_zone.items():
-            mine = [item for item in add if self.target(item[0])[0] == zone]
+            mine = [] if persistent else [item for item in add if self.target(item[0])[0] == zone]
             if zone.command is not None:
                 for owner, value in deletes:
                     run_hook(zone, "del", owner, value)
-                for (owner, value), item in zip(adds, mine, strict=True):
+                for index, (owner, value) in enumerate(adds):
                     run_hook(zone, "add", owner, value)
-                    self.written.add(item)
+                    self.written.update(mine[index:index + 1])
             else:  # one UPDATE: all of it is applied, or none (RFC 2136 3.4)
                 send_update(zone, adds, deletes, self.cfg.ttl)
                 self.written.update(mine)

@@ -148,7 +148,7 @@ class DnsRelay:
             except LacmeError as exc:
                 return False, str(exc)
             self.published.update(records)
-        ok, message = self._update(records, [], wait=True)
+        ok, message = self._update(records, [], wait=True, persistent=persistent)
         if not ok and not self._written and not persistent:
             self.published.difference_update(records)  # nothing of it is in the zone
             self._save(self.published)
@@ -188,11 +188,11 @@ class DnsRelay:
             raise LacmeError(f"lacme-dns: {exc.strerror or 'connection closed'}") from None
 
     def _update(self, add: Sequence[Record], delete: Sequence[Record],
-                wait: bool) -> tuple[bool, str]:
+                wait: bool, persistent: bool = False) -> tuple[bool, str]:
         self._next_id += 1
         self._written = True
         try:
-            self._send("update", id=self._next_id, wait=wait,
+            self._send("update", id=self._next_id, wait=wait, persistent=persistent,
                        add=[{"name": n, "value": v} for n, v in add],
                        delete=[{"name": n, "value": v} for n, v in delete])
             while True:

@@ -217,6 +217,18 @@ class ClientSession:
         self.channel.send(control.encode_message("renewal_info", certificates=payload))
         return self._collect(results, "renewal_info", lambda msg: msg)
 
+    def dns_persist(self, sections: Sequence[tuple[str, Sequence[str]]]) -> dict[str, dict | str]:
+        """For each (id, names): the client's ``persist_info`` (account URL and
+        the CA's issuer domain name), or why it failed."""
+        assert self.channel is not None
+        payload: list[dict[str, Any]] = [
+            {"id": sid, "identifiers": [{"type": "dns", "value": n} for n in names]}
+            for sid, names in sections]
+        results: dict[str, dict | str] = {str(s["id"]): "no answer from the ACME client"
+                                          for s in payload}
+        self.channel.send(control.encode_message("dns_persist", sections=payload))
+        return self._collect(results, "persist_info", lambda msg: msg)
+
     def revoke(self, certificates: Sequence[tuple[str, bytes, str]],
                reason: int | None = None) -> dict[str, bool | str]:
         assert self.channel is not None

@@ -16,6 +16,8 @@ Master -> client
     renewal_info {"certificates": [{"id": str, "cert_id": str}]}   RFC 9773 4.1
     revoke   {"certificates": [{"id": str, "der": b64url(DER), "jwk_thumbprint": str}],
               "reason": int | null}
+    dns_persist {"sections": [{"id": str, "identifiers": [{"type", "value"}]}]}
+             the account URL and the CA's dns-persist-01 issuer domain name
     published {"token": str, "ok": bool, "message": str}   (answer to publish)
     dns_published {"id": str, "ok": bool, "message": str}  (answer to dns_publish)
 
@@ -27,6 +29,7 @@ Client -> master
                                                 to lacme-dns (lacme.master.dnsrelay); one
                                                 batch, answered once they are served
     dns_unpublish {"records": [{"name", "value"}]}
+    persist_info {"id": str, "account": str, "issuer": str}   (answer to dns_persist)
     account    {"account": {...}, "location": str}
     certificate {"id": str, "pem": str, "alternates": [str]?, "replaces_dropped": str?}
     renewal_info {"id": str, "supported": bool, "info": {...}?, "retry_after": float?}
@@ -50,7 +53,7 @@ MAX_LINE = 1 << 20  # a certificate chain fits many times over
 
 CLIENT_TYPES = frozenset(
     {"publish", "unpublish", "account", "certificate", "revoked", "renewal_info", "failed",
-     "error", "done", "dns_publish", "dns_unpublish"}
+     "error", "done", "dns_publish", "dns_unpublish", "persist_info"}
 )
 
 

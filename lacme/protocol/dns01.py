@@ -18,7 +18,9 @@ channel's framing, ``lacme.protocol.control``):
 Master -> lacme-dns
     allow   {"names": [str]}             the names of the sections being ordered
     update  {"id": int, "add": [{"name", "value"}], "delete": [{"name", "value"}],
-             "wait": bool}               one batch: one UPDATE per zone, one wait
+             "wait": bool, "persistent": bool}
+                                         one batch: one UPDATE per zone, one wait;
+                                         persistent: not removed when the connection ends
 lacme-dns -> master
     updated {"id": int, "ok": bool, "message": str, "written": bool}
             written: some added record is in the zone (to be deleted later)
