@@ -42,6 +42,8 @@ logger = logging.getLogger(NAME)
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog=NAME, description="Write ACME DNS challenge records.")
     parser.add_argument("--config", metavar="PATH", help="lacme-dns.conf (the DNS secrets)")
+    parser.add_argument("--idle-timeout", type=float, default=0.0, metavar="SECONDS",
+                        help="with a listening socket: exit after SECONDS without a connection")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("--debug", action="store_true")
     return parser.parse_args(argv)
@@ -114,8 +116,12 @@ def run(options: argparse.Namespace) -> int:
     for inherited in fds:
         sock = socket.socket(fileno=inherited.fd)
         if descriptors.is_listening(inherited.fd):
+            sock.settimeout(options.idle_timeout or None)
             while True:  # systemd Accept=no: one master at a time
-                conn, _ = sock.accept()
+                try:
+                    conn, _ = sock.accept()
+                except TimeoutError:
+                    return EXIT_OK  # idle: the socket starts us again
                 serve_connection(conn, cfg, error)
         serve_connection(sock, cfg, error)
     return EXIT_OK
