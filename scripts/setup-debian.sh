@@ -20,13 +20,13 @@ PACKAGES=(
     libsystemd-dev pkg-config systemd-container iptables openssl gnupg
     python3-venv python3-dev python3-pip gcc make iproute2
     nginx-light apache2 mandoc groff-base man-db debootstrap
-    knot knot-dnsutils
+    knot knot-dnsutils unbound
 )
 # Test peers that are daemons: the tests start instances of their own on
 # loopback ports.  Installing them must not start them on this machine's
 # port 80 (nginx and apache2 would even compete for it) nor enable them for
 # the next boot; a machine that already had them keeps them as they were.
-PEER_DAEMONS=(nginx-light:nginx apache2:apache2 knot:knot)
+PEER_DAEMONS=(nginx-light:nginx apache2:apache2 knot:knot unbound:unbound)
 POLICY_RC_D=${LACME_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 
 die() {

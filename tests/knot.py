@@ -155,3 +155,57 @@ def start_knot(workdir: Path, zones: Sequence[str] = (ZONE, SECOND_ZONE),
                 time.sleep(0.05)
         stop_process(process)
     raise PebbleError(f"knotd did not start: {error}")
+
+
+# -- a recursive resolver in front of Knot (CNAME chains across zones) -------
+
+UNBOUND = "/usr/sbin/unbound"
+
+
+@dataclass
+class Resolver:
+    port: int
+    _process: subprocess.Popen = field(repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        stop_process(self._process)
+
+
+def start_resolver(workdir: Path, knot: Knot) -> Resolver:
+    """unbound on a free loopback port, Knot's zones as stub zones, no cache:
+    what a CA's resolver does with a CNAME from one zone into another."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        port = free_port()
+        conf = workdir / "unbound.conf"
+        conf.write_text("\n".join([
+            "server:", f"    interface: 127.0.0.1@{port}", f"    port: {port}",
+            "    do-daemonize: no", '    username: ""', '    chroot: ""',
+            f'    directory: "{workdir}"', f'    pidfile: "{workdir}/unbound.pid"',
+            '    logfile: ""', "    use-syslog: no", "    verbosity: 1",
+            "    access-control: 127.0.0.0/8 allow", "    do-not-query-localhost: no",
+            '    module-config: "iterator"', "    qname-minimisation: no",
+            "    cache-max-ttl: 0", "    cache-max-negative-ttl: 0", "    do-ip6: no",
+            *[f'    local-zone: "{z.rsplit(".", 1)[-1]}." nodefault' for z in knot.zones],
+            *[line for z in knot.zones for line in
+              ("stub-zone:", f'    name: "{z}"', f"    stub-addr: 127.0.0.1@{knot.port}")],
+            ""]))
+        log_path = workdir / "unbound.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([UNBOUND, "-d", "-c", str(conf)], stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       preexec_fn=die_with_parent)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                dns.query.udp(dns.message.make_query(knot.zones[0], "SOA"), "127.0.0.1",
+                              timeout=1, port=port)
+                return Resolver(port, process)
+            except Exception:  # noqa: BLE001 - any failure means not answering yet
+                time.sleep(0.05)
+        stop_process(process)
+    raise PebbleError(f"unbound did not start: {read_tail(workdir / 'unbound.log')}")

@@ -163,8 +163,13 @@ def parse_zone(name: str, s: Mapping[str, str], source: str) -> Zone:
         raise ConfigError(f"{loc('key-algorithm')}: not one of {', '.join(TSIG_ALGORITHMS)}: "
                           f"{algorithm!r}")
     key_name = s.get("key-name", "").lower().rstrip(".")
-    if not key_name or not is_dns_name(key_name):
-        raise ConfigError(f"{loc('key-name')}: required, a DNS name")
+    server = parse_server(s["server"], loc("server"))
+    if not key_name and not s.get("key-secret"):
+        # No key: a zone only looked up (the CNAME of _acme-challenge is followed
+        # into a zone that has one); writing into it is an error.
+        return Zone(zone_name, source, server=server, check=check)
+    if not is_dns_name(key_name):
+        raise ConfigError(f"{loc('key-name')}: required with key-secret, a DNS name")
     import base64
     import binascii
 
@@ -174,8 +179,8 @@ def parse_zone(name: str, s: Mapping[str, str], source: str) -> Zone:
         raise ConfigError(f"{loc('key-secret')}: not base64") from None
     if len(secret) < 16:
         raise ConfigError(f"{loc('key-secret')}: required, base64 of 16 bytes at least")
-    return Zone(zone_name, source, server=parse_server(s["server"], loc("server")),
-                key_name=key_name, key_algorithm=algorithm, key_secret=secret, check=check)
+    return Zone(zone_name, source, server=server, key_name=key_name, key_algorithm=algorithm,
+                key_secret=secret, check=check)
 
 
 def validate_dns_config(ini: Ini) -> DnsConfig:
