@@ -116,6 +116,10 @@ class DnsRelay:
             except FileNotFoundError:
                 pass
             return
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise LacmeError(f"{os.path.dirname(self.path)}: {exc.strerror or exc}") from None
         replace_file(self.path, json.dumps(items).encode(), 0o600)
 
     def remove_leftovers(self) -> None:
