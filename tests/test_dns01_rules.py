@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme.config.certs import load_cert_sections
-from lacme.config.dns import validate_dns_config
+from lacme.config.certs import CertSection, load_cert_sections
+from lacme.config.dns import DnsConfig, validate_dns_config
 from lacme.config.ini import parse_ini
 from lacme.core.errors import ConfigError
 from lacme.protocol import dns01
@@ -87,7 +87,7 @@ def test_persist_values_of_another_shape_are_refused(value: str) -> None:
 SECRET = "ZjTlr50bq8DFuII3nLwvMmCqwMINjSxGIGAMtbBZO74="
 
 
-def dns_config(text: str):  # noqa: ANN201 - a DnsConfig
+def dns_config(text: str) -> DnsConfig:
     return validate_dns_config(parse_ini(text, "lacme-dns.conf"))
 
 
@@ -130,7 +130,7 @@ def test_bad_dns_settings_are_one_line_naming_the_setting(text: str, where: str)
 
 # -- challenge in lacme-certs.conf ---------------------------------------------
 
-def cert_section(tmp_path: Path, extra: str):  # noqa: ANN201 - a CertSection
+def cert_section(tmp_path: Path, extra: str) -> CertSection:
     path = tmp_path / "certs.conf"
     path.write_text("[s]\ncertificate-key = /k\ncertificate = /c\nsubject = /CN=example.org\n"
                     + extra)
