@@ -385,3 +385,15 @@ def test_dns_persist_prints_without_publishing(dns_pebble: Pebble, knot: Knot,
     assert line.startswith(f"_validation-persist.{name('h11')}. IN TXT \"")
     assert "policy=wildcard" not in line and "; accounturi=https://" in line
     assert knot.serial() == serial and knot.all_txt() == {}
+
+
+def test_unreadable_dns_config_is_one_line(dns_pebble: Pebble, knot: Knot,
+                                           account_key: Path) -> None:
+    setup = make_setup(dns_pebble, knot, account_key)
+    (setup.root / "lacme-dns.conf").unlink()
+    setup.add_section("noconf", [name("www")], challenge="dns-01")
+    rc, err = issue(setup)
+    assert rc == 1, err
+    lines = [line for line in err.splitlines() if "lacme-dns.conf" in line]
+    assert len(lines) == 1 and "No such file or directory" in lines[0], err
+    assert knot.all_txt() == {}
