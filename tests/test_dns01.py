@@ -95,6 +95,7 @@ def test_wildcard_and_apex_issued_over_dns01(dns_pebble: Pebble, knot: Knot, acc
     assert rc == 0, err
     assert san_names(load_chain(setup.root / "wild.crt")[0]) == {"example.test", "*.example.test"}
     assert knot.all_txt() == {}, "the challenge records are removed after the run"
+    assert "listening on" not in err, "a run proven over DNS alone starts no webserver"
     # One UPDATE adds both values (one name: apex and wildcard share it), one removes them.
     assert knot.serial() == before + 2
 
@@ -319,6 +320,7 @@ def test_hook_backend_issues(dns_pebble: Pebble, knot: Knot, account_key: Path) 
     rc, err = issue(setup)
     assert rc == 0, err
     assert san_names(load_chain(setup.root / "hooked.crt")[0]) == {name("www"), "*." + name("www")}
+    assert "listening on" in err, "the apex is proven over http-01: the webserver ran"
     assert knot.all_txt() == {}
 
 

@@ -117,7 +117,10 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
     pending: dict[str, Plan] = {}
     try:
         dns_names = [n for p in due for n in p.section.dns_names]
-        with ClientSession(cfg, debug=args.debug, challenges=True, locked=True,
+        # http-01 needs the webservers; a run proven over DNS alone starts none.
+        http = any(p.section.ip_addresses or len(p.section.dns_names) < len(p.section.names)
+                   for p in due)
+        with ClientSession(cfg, debug=args.debug, challenges=http, locked=True,
                            dns_names=dns_names) as session:
             rv = build_csrs(due, pending)
             if not pending:

@@ -177,7 +177,7 @@ class ClientSession:
         A name is a DNS name or a (type, value) identifier (RFC 8738 "ip");
         ``options`` maps an id to extra order fields (replaces, profile,
         alternates: see lacme.protocol.control)."""
-        assert self.channel is not None and self.challenges is not None
+        assert self.channel is not None
         payload = [
             {"id": sid, "identifiers": [{"type": n[0], "value": n[1]} if isinstance(n, tuple)
                                         else {"type": "dns", "value": n} for n in names],
@@ -190,7 +190,7 @@ class ClientSession:
             kind = msg["type"]
             if kind == "publish":
                 self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
-            elif kind == "unpublish":
+            elif kind == "unpublish" and self.challenges is not None:
                 self.challenges.unpublish(str(msg.get("token", "")))
             elif kind in ("dns_publish", "dns_unpublish"):
                 self._dns_request(msg)
@@ -255,7 +255,12 @@ class ClientSession:
         return results
 
     def _publish(self, token: str, content: str) -> None:
-        assert self.channel is not None and self.challenges is not None
+        assert self.channel is not None
+        if self.challenges is None:  # every section of the run is proven over DNS
+            self.channel.send(control.encode_message(
+                "published", token=token, ok=False,
+                message="no section of this run uses http-01 (no webserver started)"))
+            return
         if self.webservers is not None:
             self.webservers.wait()
             self.webservers = None
