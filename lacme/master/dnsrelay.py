@@ -71,6 +71,25 @@ def open_dns(settings: DnsSettings, children: Children, stack: ExitStack, debug:
     return relay
 
 
+def answer_request(relay: DnsRelay | None, channel: Channel, msg: dict) -> None:
+    """The client's dns_publish (answered once served) or dns_unpublish."""
+    raw = msg.get("records")
+    records = [(str(r.get("name", "")), str(r.get("value", ""))) for r in raw
+               if isinstance(r, dict)] if isinstance(raw, list) else []
+    if msg["type"] == "dns_unpublish":
+        if relay is not None:
+            relay.unpublish(records)
+        return
+    if relay is None:
+        ok, message = False, "no section of this run uses dns-01 or dns-persist-01"
+    else:
+        ok, message = relay.publish(records, persistent=msg.get("persistent") is True)
+    if not ok:  # the client reports it, once, for each section concerned
+        log.debug("cannot publish DNS records: %s", message)
+    channel.send(control.encode_message("dns_published", id=str(msg.get("id", "")), ok=ok,
+                                        message=message))
+
+
 class DnsRelay:
     """One lacme-dns connection: the records this run asked for."""
 

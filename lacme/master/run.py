@@ -193,7 +193,9 @@ class ClientSession:
             elif kind == "unpublish" and self.challenges is not None:
                 self.challenges.unpublish(str(msg.get("token", "")))
             elif kind in ("dns_publish", "dns_unpublish"):
-                self._dns_request(msg)
+                from lacme.master.dnsrelay import answer_request
+
+                answer_request(self.dns, self.channel, msg)
             elif kind == "certificate" and msg.get("id") in results:
                 pem = str(msg.get("pem", ""))
                 alternates = [a for a in msg.get("alternates") or [] if isinstance(a, str)]
@@ -272,25 +274,6 @@ class ClientSession:
             answer = control.encode_message("published", token=token, ok=False, message=str(exc))
             log.error("cannot publish challenge %r: %s", token, exc)
         self.channel.send(answer)
-
-    def _dns_request(self, msg: dict[str, Any]) -> None:
-        """dns_publish (answered once served) and dns_unpublish, relayed to lacme-dns."""
-        assert self.channel is not None
-        raw = msg.get("records")
-        records = [(str(r.get("name", "")), str(r.get("value", ""))) for r in raw
-                   if isinstance(r, dict)] if isinstance(raw, list) else []
-        if msg["type"] == "dns_unpublish":
-            if self.dns is not None:
-                self.dns.unpublish(records)
-            return
-        if self.dns is None:
-            ok, message = False, "no section of this run uses dns-01 or dns-persist-01"
-        else:
-            ok, message = self.dns.publish(records, persistent=msg.get("persistent") is True)
-        if not ok:  # the client reports it, once, for each section concerned
-            log.debug("cannot publish DNS records: %s", message)
-        self.channel.send(control.encode_message("dns_published", id=str(msg.get("id", "")),
-                                                 ok=ok, message=message))
 
     def _messages(self) -> Iterator[dict[str, Any]]:
         """Messages from the client until it ends the conversation."""
