@@ -399,3 +399,48 @@ def test_unreadable_dns_config_is_one_line(dns_pebble: Pebble, knot: Knot,
     lines = [line for line in err.splitlines() if "lacme-dns.conf" in line]
     assert len(lines) == 1 and "No such file or directory" in lines[0], err
     assert knot.all_txt() == {}
+
+
+def test_lacme_dns_on_a_listening_socket_serves_in_turn_then_idles_out(knot: Knot,
+                                                                        tmp_path: Path) -> None:
+    """systemd's Accept=no socket: one connection after another, exit when idle."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.lacmeenv import TREE_ROOT
+
+    conf = tmp_path / "lacme-dns.conf"
+    conf.write_text(dns_conf(knot))
+    path = str(tmp_path / "dns.socket")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    env = {**os.environ, "LISTEN_FDS": "1", "PYTHONPATH": str(TREE_ROOT),
+           "TEST_FD": str(listener.fileno())}
+    code = ("import os, sys; os.dup2(int(os.environ.pop('TEST_FD')), 3); "
+            "os.environ['LISTEN_PID'] = str(os.getpid()); from lacme.dns.main import main; "
+            "raise SystemExit(main(sys.argv[1:]))")
+    child = subprocess.Popen([sys.executable, "-c", code, f"--config={conf}", "--quiet",
+                              "--idle-timeout=1"], env=env, pass_fds=(listener.fileno(),))
+    listener.close()
+    digest = "A" * 42 + "E"
+    for host in ("h12", "h13"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(path)
+            conn.sendall(json.dumps({"type": "allow", "names": [name(host)]}).encode() + b"\n")
+            conn.sendall(json.dumps({"type": "update", "id": 7, "wait": True, "delete": [],
+                                     "add": [{"name": f"_acme-challenge.{name(host)}",
+                                              "value": digest}]}).encode() + b"\n")
+            with conn.makefile("rb") as rfile:
+                answer = json.loads(rfile.readline())
+            assert answer == {"type": "updated", "id": 7, "ok": True, "message": "",
+                              "written": True}
+            assert knot.txt(f"_acme-challenge.{name(host)}") == {digest}
+        deadline = time.monotonic() + 10  # the connection ended: its record goes
+        while knot.all_txt() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert knot.all_txt() == {}
+    assert child.wait(timeout=15) == 0, "idle for a second: lacme-dns exits"
