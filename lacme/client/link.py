@@ -104,7 +104,8 @@ class ControlLink:
         self._channel = channel
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._publications: dict[str, _Publication] = {}
+        self._publications: dict[str, _Publication] = {}  # by token, or "dns:" + batch id
+        self._dns_batches = 0
         self.closed = threading.Event()
         self.close_reason = ""
         self._on_close: list[Any] = []
@@ -186,7 +187,7 @@ class ControlLink:
     def dns_publish(self, records: list[tuple[str, str]], timeout: float) -> None:
         """Have the master publish DNS TXT records (one batch); wait until they are served."""
         with self._lock:
-            self._dns_batches = getattr(self, "_dns_batches", 0) + 1
+            self._dns_batches += 1
             key = f"dns:{self._dns_batches}"
             pub = self._publications[key] = _Publication()
         try:

@@ -79,7 +79,7 @@ class Publisher:
         if self.cfg is None:
             raise LacmeError(self.error)
         for name, value in [*add, *delete]:
-            why = check_record(name, value, self.allowed_bases())
+            why = check_record(name, value, self.allowed)
             if why is not None:
                 raise LacmeError(f"refused: {why}")
         by_zone: dict[Zone, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
@@ -110,9 +110,6 @@ class Publisher:
     def holds(self, records: Sequence[tuple[str, str]]) -> bool:
         """Whether any of ``records`` was written by this connection and is still there."""
         return any(r in self.written for r in records)
-
-    def allowed_bases(self) -> frozenset[str]:
-        return self.allowed
 
     def clean_up(self) -> None:
         """Delete what this connection added and did not delete (best effort)."""
