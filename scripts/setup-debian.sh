@@ -2,6 +2,7 @@
 # Prepare a Debian 12 machine, as root, to build and test lacme.
 #
 # Installs the Debian packages the test suite needs (the Pebble test CA,
+# the DNS servers of the dns-01 tests: Knot, BIND 9 and unbound,
 # the original Perl lacme for compatibility tests, systemd-nspawn, the
 # build dependencies of systemd-python), then installs this project in
 # editable mode with its test extras for the python3 found on PATH.
@@ -20,13 +21,14 @@ PACKAGES=(
     libsystemd-dev pkg-config systemd-container iptables openssl gnupg
     python3-venv python3-dev python3-pip gcc make iproute2
     nginx-light apache2 mandoc groff-base man-db debootstrap faketime
-    openssh-server openssh-client
+    openssh-server openssh-client knot knot-dnsutils unbound bind9
 )
 # Test peers that are daemons: the tests start instances of their own on
 # loopback ports.  Installing them must not start them on this machine's
 # port 80 (nginx and apache2 would even compete for it) nor enable them for
 # the next boot; a machine that already had them keeps them as they were.
-PEER_DAEMONS=(nginx-light:nginx apache2:apache2 openssh-server:ssh)
+PEER_DAEMONS=(nginx-light:nginx apache2:apache2 openssh-server:ssh knot:knot unbound:unbound
+              bind9:named)
 POLICY_RC_D=${LACME_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 
 die() {

@@ -270,7 +270,7 @@ class Pebble:
     management_url: str
     log_path: str
     _process: subprocess.Popen = field(repr=False, compare=False)
-    _dns_process: subprocess.Popen = field(repr=False, compare=False)
+    _dns_process: subprocess.Popen | None = field(repr=False, compare=False)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.tls_ca_file)
@@ -351,7 +351,8 @@ class Pebble:
 
     def stop(self) -> None:
         stop_process(self._process)
-        stop_process(self._dns_process)
+        if self._dns_process is not None:
+            stop_process(self._dns_process)
 
 
 def write_config(workdir: Path, cert: Path, key: Path, port: int, mgmt_port: int,
@@ -407,8 +408,12 @@ def launch_pebble(workdir: Path, env: Mapping[str, str], http_port: int,
 
 def start_pebble(workdir: Path, *, env: Mapping[str, str] = {},
                  http_port: int | None = None, binary: str | None = None,
-                 config: Mapping[str, object] | None = None) -> Pebble:
+                 config: Mapping[str, object] | None = None,
+                 dns_server: str | None = None) -> Pebble:
     """Start challtestsrv and Pebble under ``workdir``; return once /dir answers.
+
+    ``dns_server`` (``IP:PORT``): Pebble's DNS server instead of challtestsrv
+    (a real authoritative server for dns-01 tests: tests/knot.py).
 
     ``env`` adds or overrides PEBBLE_* knobs (see the module docstring).
     ``http_port`` is where the VA fetches http-01 answers (a free port
@@ -425,8 +430,12 @@ def start_pebble(workdir: Path, *, env: Mapping[str, str] = {},
         http_port = free_dual_port()
     error: PebbleError | None = None
     for _ in range(START_ATTEMPTS):
+        dns_process: subprocess.Popen | None = None
         try:
-            dns_process, dns_port = start_challtestsrv(workdir, workdir / "challtestsrv.log")
+            if dns_server is None:
+                dns_process, dns_port = start_challtestsrv(workdir, workdir / "challtestsrv.log")
+            else:
+                dns_port = int(dns_server.rpartition(":")[2])
         except PebbleError as exc:
             error = exc
             continue
@@ -434,7 +443,8 @@ def start_pebble(workdir: Path, *, env: Mapping[str, str] = {},
             process, port, mgmt_port = launch_pebble(workdir, env, http_port, dns_port, cert, key, ca,
                                                      binary, config)
         except PebbleError as exc:
-            stop_process(dns_process)
+            if dns_process is not None:
+                stop_process(dns_process)
             error = exc
             continue
         return Pebble(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lacme"
-PROGRAMS = ("master", "accountd", "client", "webserver")
+PROGRAMS = ("master", "accountd", "client", "webserver", "dns")
 SHARED = ("core", "config", "protocol", "x509", "systemd")
 # Modules that compute and decide but never touch the world.
 PURE_PACKAGES = ("protocol",)

@@ -35,13 +35,15 @@ import pytest
 
 CODE = {
     # *_SETTINGS, CERT_ALIASES, value lists, parse_ini, validate_*: one namespace over the config modules
-    "config": ("lacme.config.ini", "lacme.config.master", "lacme.config.certs", "lacme.config.accountd"),
+    "config": ("lacme.config.ini", "lacme.config.master", "lacme.config.certs", "lacme.config.accountd",
+               "lacme.config.dns"),
     "specifiers": ("lacme.config.specifiers",),  # SPECIFIER_CHARS, Identity
     "errors": ("lacme.core.errors",),            # EXIT_*
     "master": ("lacme.master.main", "lacme.master.cli"),  # build_parser, quick_parse, REASONS
     "accountd": ("lacme.accountd.main",),        # parse_args
     "client": ("lacme.client.main",),            # parse_args
     "webserver": ("lacme.webserver.main",),      # _VALUE_OPTIONS, _FLAG_OPTIONS, _parse_with_argparse
+    "dns": ("lacme.dns.main",),                  # parse_args
     "status": ("lacme.master.status",),          # METRICS, format_prometheus
 }
 
@@ -63,6 +65,11 @@ def schemas() -> dict[str, dict[str, tuple[str, ...]]]:
             ".Ss [client] section": config.CLIENT_SETTINGS,
             ".Ss [webserver] section": config.WEBSERVER_SETTINGS,
             ".Ss [accountd] section": config.ACCOUNTD_SECTION_SETTINGS,
+            ".Ss [dns] section": config.DNS_SECTION_SETTINGS,
+        },
+        "lacme-dns.conf.5": {
+            ".Ss Default section": config.DNS_DEFAULT_SETTINGS,
+            ".Ss Zone sections": config.ZONE_SETTINGS,
         },
         "lacme-certs.conf.5": {
             ".Sh SETTINGS": (*config.CERT_SETTINGS, *config.CERT_ALIASES),
@@ -134,6 +141,7 @@ def program_options() -> dict[str, set[str]]:
         "lacme.8": parser_options(master_parser()),
         "lacme-accountd.1": parser_options(built_parser(lambda: code("accountd").parse_args([]))),
         "lacme-client.8": parser_options(built_parser(lambda: code("client").parse_args([]))),
+        "lacme-dns.8": parser_options(built_parser(lambda: code("dns").parse_args([]))),
         "lacme-webserver.8": set(webserver._VALUE_OPTIONS) | set(webserver._FLAG_OPTIONS)
         | parser_options(built_parser(lambda: webserver._parse_with_argparse([]))),
     }
@@ -164,7 +172,7 @@ def specifiers() -> set[str]:
 
 MAN = Path(__file__).resolve().parent.parent / "man"
 PAGES = sorted(p.name for p in MAN.iterdir() if re.fullmatch(r".+\.[158]", p.name))
-PROGRAM_PAGES = ("lacme.8", "lacme-accountd.1", "lacme-client.8", "lacme-webserver.8")
+PROGRAM_PAGES = ("lacme.8", "lacme-accountd.1", "lacme-client.8", "lacme-webserver.8", "lacme-dns.8")
 DELIMITERS = set(".,:;()[]?!|")
 MACRO = re.compile(r"[A-Z][a-z]{1,2}|%[A-Z]")  # Fl, Ar, Ns, ... and the %A of .Rs
 
@@ -249,7 +257,8 @@ def need(program: str) -> None:
 
 def test_the_pages_are_there():
     assert set(PAGES) == {"lacme.8", "lacme-accountd.1", "lacme-client.8", "lacme-webserver.8",
-                          "lacme.conf.5", "lacme-certs.conf.5", "lacme-accountd.conf.5"}
+                          "lacme.conf.5", "lacme-certs.conf.5", "lacme-accountd.conf.5",
+                          "lacme-dns.8", "lacme-dns.conf.5"}
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -395,6 +404,8 @@ def test_ini_examples_are_valid(page, index, block, tmp_path):
     ini = config.parse_ini(block, f"{page} example {index}")
     if page.startswith("lacme-accountd"):
         config.validate_accountd(ini)
+    elif page == "lacme-dns.conf.5":
+        config.validate_dns_config(ini)
     elif page == "lacme.conf.5" or set(ini.sections) & MASTER_SECTIONS:
         config.validate_master(ini, ident, None)
     else:

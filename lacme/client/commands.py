@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from lacme.client.acme.messages import Account
 from lacme.client.link import Context, report_failure
@@ -143,3 +144,49 @@ def serve_renewal_info(ctx: Context, msg: dict) -> bool:
         ctx.link.send("renewal_info", id=entry["id"], supported=True, info=body,
                       retry_after=retry_after)
     return ok
+
+
+def serve_dns_persist(ctx: Context, msg: dict) -> bool:
+    """The account URL and the CA's issuer domain names, for dns-persist-01 records.
+
+    The CA names itself only in a dns-persist-01 challenge
+    (draft-ietf-acme-dns-persist: ``issuer-domain-names``): one order per
+    section (RFC 8555 7.4), read, and its authorizations deactivated (7.5.2)."""
+    sections = msg.get("sections")
+    if not isinstance(sections, list):
+        raise ProtocolError("control channel: dns_persist without sections")
+    session = ctx.session
+    account = session.lookup_account()
+    ok = True
+    for entry in sections:
+        sid = str(entry.get("id", "?")) if isinstance(entry, dict) else "?"
+        try:
+            identifiers = entry.get("identifiers") if isinstance(entry, dict) else None
+            if not isinstance(identifiers, list) or not identifiers:
+                raise ProtocolError(f"control channel: dns_persist {sid}: no identifiers")
+            issuer = persist_issuer(session, identifiers)
+        except LacmeError as exc:
+            ok = report_failure(ctx, "failed", sid, exc) and ok
+            continue
+        ctx.link.send("persist_info", id=sid, account=account, issuer=issuer)
+    return ok
+
+
+def persist_issuer(session: object, identifiers: list) -> str:
+    from lacme.core.errors import AcmeError
+
+    s: Any = session
+    order = s.new_order([{"type": str(i.get("type")), "value": str(i.get("value"))}
+                         for i in identifiers if isinstance(i, dict)])
+    issuer = ""
+    for authz_url in order.authorizations:
+        url = s.check_url(authz_url, "authorization")
+        authz = s.authorization(url)
+        challenge = authz.challenge("dns-persist-01")
+        if challenge is not None and challenge.issuer_domain_names and not issuer:
+            issuer = challenge.issuer_domain_names[0]
+        if authz.status == "pending":
+            s.post_object(url, {"status": "deactivated"})  # 7.5.2: nothing left pending
+    if not issuer:
+        raise AcmeError(f"{escape_text(order.url)}: the CA offers no dns-persist-01 challenge")
+    return escape_text(issuer, 253)

@@ -20,7 +20,7 @@ from lacme.client.link import Context, report_failure
 from lacme.core.errors import AcmeError, LacmeError, ProtocolError
 from lacme.core.record import Factory, Record
 from lacme.core.text import escape_text
-from lacme.protocol import http01, jws
+from lacme.protocol import dns01, http01, jws
 
 #: Orders processed at once: enough to keep a CA busy, few enough that the
 #: nonces returned by in-flight requests feed the next ones (no newNonce storm).
@@ -35,38 +35,105 @@ class OrderOptions(Record, frozen=False):
     replaces: str | None = None  # RFC 9773 certificate ID of the replaced certificate
     profile: str | None = None
     alternates: bool = False  # fetch the alternate chains too (preferred-chain)
+    challenge: str | None = None  # http-01 | dns-01 | dns-persist-01 (None: by name)
     report: dict = Factory(dict)
 
 
+class Prepared(Record, frozen=False):
+    """An order between its authorizations and finalize: what the DNS batch waits for."""
+
+    sid: str
+    order: Order
+    csr: bytes
+    options: OrderOptions
+    budget: int
+    tokens: list = Factory(list)  # http-01 tokens published for it
+    records: list = Factory(list)  # dns-01 (name, value) to be published in the batch
+    respond: list = Factory(list)  # challenge URLs to answer once the batch is served
+
+
 def serve_orders(ctx: Context, msg: dict) -> bool:
-    """Every order of the run at once, one thread each; True if all succeeded."""
+    """Every order of the run at once, one thread each; True if all succeeded.
+
+    Two rounds: every order is created and its authorizations read (http-01
+    answers published as they come), then the dns-01 records of every order
+    go to the master in one batch (one UPDATE per zone, one propagation
+    wait), then each order answers its challenges and is finalized."""
     orders = msg.get("orders")
     if not isinstance(orders, list) or not orders:
         raise ProtocolError("control channel: orders without orders")
-    if len(orders) == 1:  # no pool for one order: no thread to start and join
-        return serve_order(ctx, orders[0])
+    prepared = run_all(lambda entry: prepare_entry(ctx, entry), orders)
+    ready = [p for p in prepared if p is not None]
+    records = list(dict.fromkeys(r for p in ready for r in p.records))
+    try:
+        if records:
+            try:
+                ctx.link.dns_publish(records, ctx.session.remaining())
+                logger.info("%d DNS record(s) published", len(records))
+            except LacmeError as exc:
+                for p in [p for p in ready if p.records]:
+                    release(ctx, p)
+                    report_failure(ctx, "failed", p.sid, exc)
+                    ready.remove(p)
+        results = run_all(lambda p: finish_entry(ctx, p), ready)
+    finally:
+        ctx.link.dns_unpublish(records)
+    return len(results) == len(orders) and all(results)
+
+
+def run_all(work: Any, items: list) -> list:
+    """``work`` on every item, in threads when there are several."""
+    if len(items) <= 1:  # no pool for one order: no thread to start and join
+        return [work(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor  # only for several orders
 
-    workers = min(len(orders), MAX_CONCURRENT_ORDERS)
+    workers = min(len(items), MAX_CONCURRENT_ORDERS)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="order") as pool:
-        results = list(pool.map(lambda entry: serve_order(ctx, entry), orders))
-    return all(results)
+        return list(pool.map(work, items))
 
 
-def serve_order(ctx: Context, entry: Any) -> bool:
-    """One order from the master: the certificate back, or the failure."""
-    sid = str(entry.get("id", "?")) if isinstance(entry, dict) else "?"
+def guarded(ctx: Context, sid: str, step: Any) -> Any:
+    """``step()``, or None once the failure is reported to the master."""
     try:
-        identifiers, csr = parse_order(entry)
-        options = parse_order_options(entry)
-        pem = obtain_certificate(ctx, sid, identifiers, csr, options)
+        return step()
     except LacmeError as exc:
-        return report_failure(ctx, "failed", sid, exc)
+        report_failure(ctx, "failed", sid, exc)
     except Exception as exc:  # a bug must not stop the other orders
         logger.debug("[%s] unexpected error", sid, exc_info=True)
-        return report_failure(ctx, "failed", sid, LacmeError(f"internal error: {exc!r}"))
-    ctx.link.send("certificate", id=sid, pem=pem, **options.report)
-    return True
+        report_failure(ctx, "failed", sid, LacmeError(f"internal error: {exc!r}"))
+    return None
+
+
+def prepare_entry(ctx: Context, entry: Any) -> Prepared | None:
+    sid = str(entry.get("id", "?")) if isinstance(entry, dict) else "?"
+
+    def step() -> Prepared:
+        identifiers, csr = parse_order(entry)
+        options = parse_order_options(entry)
+        budget = request_budget(identifiers, ctx.session.remaining())
+        with ctx.session.request_budget(budget):
+            return prepare_order(ctx, sid, identifiers, csr, options, budget)
+
+    return guarded(ctx, sid, step)
+
+
+def finish_entry(ctx: Context, prepared: Prepared) -> bool:
+    def step() -> bool:
+        try:
+            with ctx.session.request_budget(prepared.budget):
+                pem = finish_order(ctx, prepared)
+        finally:
+            release(ctx, prepared)
+        ctx.link.send("certificate", id=prepared.sid, pem=pem, **prepared.options.report)
+        return True
+
+    return guarded(ctx, prepared.sid, step) is True
+
+
+def release(ctx: Context, prepared: Prepared) -> None:
+    for token in prepared.tokens:
+        ctx.link.unpublish(token)
+    prepared.tokens.clear()
 
 
 def parse_order(entry: Any) -> tuple[list[dict], bytes]:
@@ -94,8 +161,11 @@ def parse_order_options(entry: dict) -> OrderOptions:
         if value is not None and (not isinstance(value, str) or not value.isprintable()
                                   or len(value) > 512):
             raise ProtocolError(f"control channel: order {entry['id']}: bad {name}")
+    challenge = entry.get("challenge")
+    if challenge is not None and challenge not in dns01.CHALLENGES:
+        raise ProtocolError(f"control channel: order {entry['id']}: bad challenge")
     return OrderOptions(replaces=replaces or None, profile=profile or None,
-                        alternates=entry.get("alternates") is True)
+                        alternates=entry.get("alternates") is True, challenge=challenge)
 
 
 def request_budget(identifiers: list[dict], seconds: float) -> int:
@@ -106,41 +176,43 @@ def request_budget(identifiers: list[dict], seconds: float) -> int:
     return 60 + 6 * len(identifiers) + 2 * int(max(seconds, 0) / POLL_MAX)
 
 
-def obtain_certificate(ctx: Context, sid: str, identifiers: list[dict], csr: bytes,
-                       options: OrderOptions | None = None) -> str:
-    """RFC 8555 7.4, with a bounded number of requests."""
-    with ctx.session.request_budget(request_budget(identifiers, ctx.session.remaining())):
-        return run_order(ctx, sid, identifiers, csr, options or OrderOptions())
-
-
-def run_order(ctx: Context, sid: str, identifiers: list[dict], csr: bytes,
-              options: OrderOptions) -> str:
-    """RFC 8555 7.4: order, authorize (http-01), finalize, download."""
+def prepare_order(ctx: Context, sid: str, identifiers: list[dict], csr: bytes,
+                  options: OrderOptions, budget: int) -> Prepared:
+    """RFC 8555 7.4 newOrder, then 7.5 each authorization's challenge chosen."""
     session = ctx.session
-    extra = {"LACME_SECTION": sid}
     # 7.4: newOrder; the CA answers with the order and its authorizations
     order = create_order(ctx, sid, identifiers, options)
-    logger.info("[%s] order created: %s", sid, escape_text(order.url), extra=extra)
+    logger.info("[%s] order created: %s", sid, escape_text(order.url), extra={"LACME_SECTION": sid})
     check_order(order, identifiers)
+    prepared = Prepared(sid, order, csr, options, budget)
     # 7.5: "pending": prove control of each identifier; the order turns "ready"
     if order.status == "pending":
-        tokens: list[str] = []
         try:
             for authz_url in order.authorizations:
-                authorize(ctx, sid, session.check_url(authz_url, "authorization"), tokens,
+                authorize(ctx, sid, session.check_url(authz_url, "authorization"), prepared,
                           identifiers)
-            # pending -> ready once every authorization is valid: poll the
-            # order, not each authorization (one request per round).
-            order = session.poll_order(order.url, until=("ready", "valid", "invalid", "processing"))
-        finally:
-            for token in tokens:
-                ctx.link.unpublish(token)
+        except BaseException:
+            release(ctx, prepared)
+            raise
+    return prepared
+
+
+def finish_order(ctx: Context, prepared: Prepared) -> str:
+    """The challenges answered (7.5.1), then finalize and download (7.4, 7.4.2)."""
+    session, sid, order = ctx.session, prepared.sid, prepared.order
+    extra = {"LACME_SECTION": sid}
+    if order.status == "pending":
+        for url in prepared.respond:
+            session.respond_challenge(url)
+        # pending -> ready once every authorization is valid: poll the
+        # order, not each authorization (one request per round).
+        order = session.poll_order(order.url, until=("ready", "valid", "invalid", "processing"))
     if order.status == "invalid":
         raise AcmeError(explain_invalid(session, order))
     logger.info("[%s] authorizations valid", sid, extra=extra)
     # 7.4: "ready": finalize with the CSR; "processing": the CA is issuing
     if order.status == "ready":
-        order = session.finalize(order, csr)
+        order = session.finalize(order, prepared.csr)
     if order.status == "processing":
         order = session.poll_order(order.url, until=("valid", "invalid"), status="processing")
     if order.status != "valid":
@@ -148,7 +220,7 @@ def run_order(ctx: Context, sid: str, identifiers: list[dict], csr: bytes,
                         else f"{escape_text(order.url)}: order is {escape_text(order.status, 40)} "
                              f"after finalize")
     # 7.4.2: "valid": download the chain (and its alternates, when asked)
-    pem = download_chain(session, order, options)
+    pem = download_chain(session, order, prepared.options)
     logger.info("[%s] certificate issued", sid, extra=extra)
     return pem
 
@@ -201,10 +273,11 @@ def check_order(order: Order, identifiers: list[dict]) -> None:
                         f"for {len(wanted)} identifiers")
 
 
-def authorize(ctx: Context, sid: str, authz_url: str, tokens: list[str],
+def authorize(ctx: Context, sid: str, authz_url: str, prepared: Prepared,
               identifiers: list[dict]) -> None:
-    """One authorization (RFC 8555 7.5): publish its http-01 answer (8.3) and
-    tell the CA (7.5.1); the published token goes on ``tokens``."""
+    """One authorization (RFC 8555 7.5): its http-01 answer published now (8.3),
+    its dns-01 record added to the batch (8.4), or its dns-persist-01 record
+    expected in place; the challenge URL is answered after the batch (7.5.1)."""
     session = ctx.session
     authz: Authorization = session.authorization(authz_url)
     ident = authz.describe()
@@ -216,21 +289,38 @@ def authorize(ctx: Context, sid: str, authz_url: str, tokens: list[str],
     if authz.status != "pending":
         raise AcmeError(f"{escape_text(authz_url)}: authorization for {ident} is "
                         f"{escape_text(authz.status, 40)}")
-    challenge = authz.challenge("http-01")
+    kind, challenge = choose_challenge(authz, prepared.options.challenge)
     if challenge is None:
-        raise AcmeError(f"{escape_text(authz_url)}: no http-01 challenge for {ident}")
-    token = challenge.token
-    if not http01.is_valid_token(token):  # before anything else
-        raise AcmeError(f"{escape_text(authz_url)}: invalid http-01 token {escape_text(repr(token), 100)}")
+        raise AcmeError(f"{escape_text(authz_url)}: no {kind} challenge for {ident}")
     if not challenge.url:
-        raise AcmeError(f"{escape_text(authz_url)}: http-01 challenge without a URL")
+        raise AcmeError(f"{escape_text(authz_url)}: {kind} challenge without a URL")
     session.check_url(challenge.url, "challenge URL")  # before the answer is published
-    content = http01.key_authorization(token, ctx.signer.thumbprint)
-    ctx.link.publish(token, content, session.remaining())
-    tokens.append(token)
-    logger.info("[%s] challenge published for %s", sid, ident, extra={"LACME_SECTION": sid})
+    if kind != "dns-persist-01":
+        token = challenge.token
+        if not http01.is_valid_token(token):  # before anything else
+            raise AcmeError(f"{escape_text(authz_url)}: invalid {kind} token "
+                            f"{escape_text(repr(token), 100)}")
+        content = http01.key_authorization(token, ctx.signer.thumbprint)
+    if kind == "http-01":
+        ctx.link.publish(token, content, session.remaining())
+        prepared.tokens.append(token)
+        logger.info("[%s] challenge published for %s", sid, ident, extra={"LACME_SECTION": sid})
+    elif kind == "dns-01":
+        assert authz.identifier is not None
+        prepared.records.append((dns01.challenge_name(authz.identifier.value),
+                                 dns01.txt_value(content)))
     if challenge.status == "pending":
-        session.respond_challenge(challenge.url)
+        prepared.respond.append(challenge.url)
+
+
+def choose_challenge(authz: Authorization, wanted: str | None) -> tuple[str, Any]:
+    """The section's challenge type, dns-01 for a wildcard by default;
+    dns-persist-01 falls back to dns-01 when the CA does not offer it."""
+    kind = wanted or ("dns-01" if authz.wildcard else "http-01")
+    challenge = authz.challenge(kind)
+    if challenge is None and kind == "dns-persist-01":
+        kind, challenge = "dns-01", authz.challenge("dns-01")
+    return kind, challenge
 
 
 def is_requested(ident: Identifier | None, identifiers: list[dict]) -> bool:

@@ -108,7 +108,8 @@ class ControlLink:
         self._channel = channel
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._publications: dict[str, _Publication] = {}
+        self._publications: dict[str, _Publication] = {}  # by token, or "dns:" + batch id
+        self._dns_batches = 0
         self.closed = threading.Event()
         self.close_reason = ""
         self.reported = False  # an error message reached the master: it prints that line
@@ -139,8 +140,10 @@ class ControlLink:
                 if line is None:
                     self._mark_closed("control channel: closed by the master")
                     return
-                msg = control.decode_message(line, frozenset({"published"}))
-                self._answer(str(msg.get("token", "")), bool(msg.get("ok")), str(msg.get("message", "")))
+                msg = control.decode_message(line, frozenset({"published", "dns_published"}))
+                key = ("dns:" + str(msg.get("id", ""))) if msg["type"] == "dns_published" \
+                    else str(msg.get("token", ""))
+                self._answer(key, bool(msg.get("ok")), str(msg.get("message", "")))
         except (OSError, ProtocolError) as exc:
             self._mark_closed(str(exc) if isinstance(exc, ProtocolError) else f"control channel: {exc}")
 
@@ -186,6 +189,28 @@ class ControlLink:
 
     def unpublish(self, token: str) -> None:
         self._release(token, notify=True)
+
+    def dns_publish(self, records: list[tuple[str, str]], timeout: float) -> None:
+        """Have the master publish DNS TXT records (one batch); wait until they are served."""
+        with self._lock:
+            self._dns_batches += 1
+            key = f"dns:{self._dns_batches}"
+            pub = self._publications[key] = _Publication()
+        try:
+            self.send("dns_publish", id=key[4:], records=[{"name": n, "value": v} for n, v in records])
+            if not pub.event.wait(max(timeout, 0)):
+                raise LacmeError("DNS records: no answer from the master before the timeout")
+            if self.closed.is_set() and not pub.ok:
+                raise ProtocolError(self.close_reason)
+            if not pub.ok:
+                raise LacmeError(f"cannot publish the DNS records: {escape_text(pub.message, 400)}")
+        finally:
+            with self._lock:
+                self._publications.pop(key, None)
+
+    def dns_unpublish(self, records: list[tuple[str, str]]) -> None:
+        if records and not self.closed.is_set():
+            self.send("dns_unpublish", records=[{"name": n, "value": v} for n, v in records])
 
     def _release(self, token: str, *, notify: bool) -> None:
         with self._lock:

@@ -22,7 +22,12 @@ import time
 from typing import Any, NoReturn
 
 from lacme import __version__
-from lacme.client.commands import serve_account, serve_renewal_info, serve_revoke
+from lacme.client.commands import (
+    serve_account,
+    serve_dns_persist,
+    serve_renewal_info,
+    serve_revoke,
+)
 from lacme.client.flow import serve_orders
 from lacme.client.link import AccountdSigner, Context, ControlLink
 from lacme.config.defaults import DEFAULT_SERVER, DEFAULT_TIMEOUT
@@ -34,9 +39,9 @@ from lacme.core.text import escape_text
 from lacme.protocol import control
 
 NAME = "lacme-client"
-COMMANDS = frozenset({"account", "orders", "revoke", "renewal_info"})
+COMMANDS = frozenset({"account", "orders", "revoke", "renewal_info", "dns_persist"})
 HANDLERS = {"account": serve_account, "orders": serve_orders, "revoke": serve_revoke,
-            "renewal_info": serve_renewal_info}
+            "renewal_info": serve_renewal_info, "dns_persist": serve_dns_persist}
 
 logger = logging.getLogger(NAME)
 

@@ -15,6 +15,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from types import MappingProxyType
 
+from lacme.config.dns import check_challenge, parse_challenge
 from lacme.config.ini import read_ini, where
 from lacme.core.errors import ConfigError
 from lacme.core.record import Record
@@ -66,7 +67,7 @@ TLS_FEATURES = ("status_request", "status_request_v2")
 HASHES = ("sha256", "sha384", "sha512")
 CERT_SETTINGS = ("certificate", "certificate-chain", "certificate-key", "min-days", "subject",
                  "subjectAltName", "CAfile", "hash", "keyUsage", "tlsfeature", "chown", "chmod",
-                 "notify", "profile", "preferred-chain")
+                 "notify", "profile", "preferred-chain", "challenge")
 CERT_ALIASES: Mapping[str, str] = MappingProxyType({"owner": "chown", "mode": "chmod"})
 
 
@@ -91,6 +92,13 @@ class CertSection(Record):
     ip_addresses: tuple[str, ...] = ()  # RFC 8738 identifiers, canonical text form
     profile: str | None = None  # sent in newOrder; checked against meta.profiles
     preferred_chain: str | None = None  # issuer name of the preferred alternate chain
+    challenge: str | None = None  # http-01 | dns-01 | dns-persist-01; None: http-01, dns-01 for *.
+
+    @property
+    def dns_names(self) -> tuple[str, ...]:
+        """The names proven over DNS: all, or the wildcards (RFC 8555 7.1.3)."""
+        return self.names if self.challenge in ("dns-01", "dns-persist-01") else tuple(
+            n for n in self.names if n.startswith("*."))
 
     @property
     def identifiers(self) -> tuple[tuple[str, str], ...]:
@@ -354,7 +362,9 @@ def validate_cert_section(name: str, source: str, s: Mapping[str, Setting]) -> C
         ip_addresses=parse_ip_addresses(sans, loc("subjectAltName")) if sans else (),
         profile=parse_profile(get("profile") or "", loc("profile")) if get("profile") else None,
         preferred_chain=get("preferred-chain"),
+        challenge=parse_challenge(get("challenge"), loc("challenge")),
     )
+    check_challenge(section, loc("challenge"))
     if not section.identifiers:
         raise ConfigError(f"{loc('subject')}: no domain name or IP address to order "
                           "(the CN is not a domain and there is no subjectAltName)")

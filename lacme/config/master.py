@@ -1,4 +1,4 @@
-"""lacme.conf: the master's configuration ([client], [webserver], [accountd], the default section).
+"""lacme.conf: the master's configuration ([client], [webserver], [accountd], [dns], the default section).
 
 Read by the master (root) on every run, and by the systemd generator; pure
 validation into a MasterConfig, cheap on the no-op path (ipaddress and
@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 
 from lacme.config.defaults import DEFAULT_CONFIG_CERTS, DEFAULT_SERVER, DEFAULT_TIMEOUT
+from lacme.config.dns import DnsSettings, validate_dns_section
 from lacme.config.ini import (
     Ini,
     check_privkey,
@@ -151,6 +152,7 @@ class MasterConfig(Record):
     accountd: AccountdSettings | None
     state_directory: str | None = None  # None: lacme.master.state.default_directory()
     run_interval: float = 3600.0  # seconds between two runs of lacme-renew.timer (hourly)
+    dns: DnsSettings | None = None  # [dns]: lacme-dns (lacme.config.dns)
 
 
 CLIENT_SETTINGS = ("socket", "user", "group", "command", "connect", "server", "timeout",
@@ -304,7 +306,7 @@ def resolve_config_certs(value: str, base: str, ident: Identity, loc: str) -> tu
 
 def validate_master(ini: Ini, ident: Identity, socket_override: str | None) -> MasterConfig:
     for name in ini.sections:
-        if name not in ("client", "webserver", "accountd"):
+        if name not in ("client", "webserver", "accountd", "dns"):
             raise ConfigError(f"{ini.source}: unknown section [{name}]")
     reject_unknown(ini.defaults, MASTER_DEFAULT_SETTINGS, ini.source)
     empty: Mapping[str, str] = {}
@@ -328,6 +330,7 @@ def validate_master(ini: Ini, ident: Identity, socket_override: str | None) -> M
         run_interval=parse_duration(ini.defaults["run-interval"],
                                     where(ini.source, None, "run-interval"))
         if ini.defaults.get("run-interval") else MasterConfig._defaults["run_interval"],
+        dns=validate_dns_section(ini.sections["dns"], ini.source) if "dns" in ini.sections else None,
     )
 
 

@@ -29,6 +29,8 @@ def forked_by(cfg: MasterConfig) -> tuple[str, ...]:
         found.append("no [client] connect")
     if not cfg.webserver.challenge_directory:
         found.append("no [webserver] challenge-directory")
+    if cfg.dns is not None and not cfg.dns.connect:
+        found.append("no [dns] connect")
     return tuple(found)
 
 

@@ -44,6 +44,7 @@ PROGRAMS = {
     "lacme-client": "lacme.client",
     "lacme-webserver": "lacme.webserver",
     "lacme-accountd": "lacme.accountd",
+    "lacme-dns": "lacme.dns",
 }
 
 PR_SET_PDEATHSIG = 1

@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="certificate configuration file or directory (repeatable)")
     ph.add_argument("section", nargs="*", metavar="SECTION")
 
+    dp = sub.add_parser("dns-persist", help="print the dns-persist-01 TXT records of the account",
+                        description="For each section (default: those with challenge = "
+                        "dns-persist-01), print the _validation-persist TXT record that "
+                        "authorizes the account at the CA; --publish writes them once "
+                        "through lacme-dns.")
+    dp.add_argument("--config-certs", action="append", metavar="FILE",
+                    help="certificate configuration file or directory (repeatable)")
+    dp.add_argument("--publish", action="store_true", help="write the records through lacme-dns")
+    dp.add_argument("section", nargs="*", metavar="SECTION")
+
     st = sub.add_parser("status", help="show the certificates and their renewal state",
                         description="Exit status: 0 all good, 1 a certificate is missing, "
                         "expired, near expiry or its last renewal failed, 2 usage error.")

@@ -178,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
         from lacme.master.status import status
 
         return status(cfg, args, ident)
+    if command == "dns-persist":
+        from lacme.master.dnspersist import dns_persist
+
+        return dns_persist(cfg, args, ident)
     if command == "placeholder":
         from lacme.master.placeholder import placeholder
 

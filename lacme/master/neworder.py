@@ -119,7 +119,12 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
     installed: list[str] = []
     pending: dict[str, Plan] = {}
     try:
-        with ClientSession(cfg, debug=args.debug, challenges=True, locked=True) as session:
+        dns_names = [n for p in due for n in p.section.dns_names]
+        # http-01 needs the webservers; a run proven over DNS alone starts none.
+        http = any(p.section.ip_addresses or len(p.section.dns_names) < len(p.section.names)
+                   for p in due)
+        with ClientSession(cfg, debug=args.debug, challenges=http, locked=True,
+                           dns_names=dns_names) as session:
             rv = build_csrs(due, pending)
             if not pending:
                 session.cancel()  # nothing to order: the components are stopped
@@ -179,6 +184,8 @@ def order_options(plan: Plan) -> dict[str, Any]:
         options["profile"] = plan.section.profile
     if plan.section.preferred_chain:
         options["alternates"] = True
+    if plan.section.challenge:
+        options["challenge"] = plan.section.challenge
     return options
 
 

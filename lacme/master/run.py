@@ -44,6 +44,10 @@ from lacme.master.lock import lock_run, lock_wait
 from lacme.protocol import control, wire
 from lacme.protocol.jws import b64u_encode
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from lacme.master.dnsrelay import DnsRelay
+
 log = logging.getLogger("lacme")
 
 RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"  # RFC 8555 6.7
@@ -61,8 +65,9 @@ class ClientSession:
     """One run of the ACME client, with its accountd and webservers."""
 
     def __init__(self, cfg: MasterConfig, *, debug: bool = False, challenges: bool = False,
-                 locked: bool = False) -> None:
-        """``locked``: the caller already holds the run lock (``lock_run``)."""
+                 locked: bool = False, dns_names: Iterable[str] = ()) -> None:
+        """``locked``: the caller already holds the run lock (``lock_run``);
+        ``dns_names``: names whose DNS records lacme-dns may write this run."""
         self.cfg = cfg
         self.locked = locked
         self.debug = debug
@@ -77,6 +82,8 @@ class ClientSession:
         self.webservers: Webservers | None = None  # until every one is ready
         self.clock = ClockCheck()  # the CA's Date header against our clock
         self.rate_limited: dict[str, float] = {}  # order id -> the CA's Retry-After, seconds
+        self.dns_names = tuple(dns_names)
+        self.dns: DnsRelay | None = None
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> ClientSession:
@@ -89,6 +96,8 @@ class ClientSession:
             if self.with_challenges:
                 self.challenges, self.webservers = open_challenges(
                     self.cfg, self.children, self.stack, self.debug)
+            if self.dns_names:
+                self.dns = self._open_dns()
             accountd, self.accountd_pid = open_accountd(self.cfg, self.children, self.debug)
             # Kept until the end and then shut down, so that accountd sees the
             # end at once instead of after the client's exit.
@@ -114,6 +123,15 @@ class ClientSession:
     def cancel(self) -> None:
         """No command will be sent: the children are told to stop at the end."""
         self.aborting = True
+
+    def _open_dns(self) -> DnsRelay:
+        from lacme.config.dns import DnsSettings
+        from lacme.master.dnsrelay import open_dns
+        from lacme.master.state import default_directory
+
+        return open_dns(self.cfg.dns or DnsSettings(), self.children, self.stack, self.debug,
+                        self.dns_names, default_directory(self.cfg.state_directory),
+                        lambda: self.aborting)
 
     def _stop_children(self) -> None:
         self.children.stop(self.aborting)
@@ -163,7 +181,7 @@ class ClientSession:
         A name is a DNS name or a (type, value) identifier (RFC 8738 "ip");
         ``options`` maps an id to extra order fields (replaces, profile,
         alternates: see lacme.protocol.control)."""
-        assert self.channel is not None and self.challenges is not None
+        assert self.channel is not None
         payload = [
             {"id": sid, "identifiers": [{"type": n[0], "value": n[1]} if isinstance(n, tuple)
                                         else {"type": "dns", "value": n} for n in names],
@@ -176,8 +194,12 @@ class ClientSession:
             kind = msg["type"]
             if kind == "publish":
                 self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
-            elif kind == "unpublish":
+            elif kind == "unpublish" and self.challenges is not None:
                 self.challenges.unpublish(str(msg.get("token", "")))
+            elif kind in ("dns_publish", "dns_unpublish"):
+                from lacme.master.dnsrelay import answer_request
+
+                answer_request(self.dns, self.channel, msg)
             elif kind == "certificate" and msg.get("id") in results:
                 pem = str(msg.get("pem", ""))
                 alternates = [a for a in msg.get("alternates") or [] if isinstance(a, str)]
@@ -203,6 +225,18 @@ class ClientSession:
         self.channel.send(control.encode_message("renewal_info", certificates=payload))
         return self._collect(results, "renewal_info", lambda msg: msg)
 
+    def dns_persist(self, sections: Sequence[tuple[str, Sequence[str]]]) -> dict[str, dict | str]:
+        """For each (id, names): the client's ``persist_info`` (account URL and
+        the CA's issuer domain name), or why it failed."""
+        assert self.channel is not None
+        payload: list[dict[str, Any]] = [
+            {"id": sid, "identifiers": [{"type": "dns", "value": n} for n in names]}
+            for sid, names in sections]
+        results: dict[str, dict | str] = {str(s["id"]): "no answer from the ACME client"
+                                          for s in payload}
+        self.channel.send(control.encode_message("dns_persist", sections=payload))
+        return self._collect(results, "persist_info", lambda msg: msg)
+
     def revoke(self, certificates: Sequence[tuple[str, bytes, str]],
                reason: int | None = None) -> dict[str, bool | str]:
         assert self.channel is not None
@@ -227,7 +261,12 @@ class ClientSession:
         return results
 
     def _publish(self, token: str, content: str) -> None:
-        assert self.channel is not None and self.challenges is not None
+        assert self.channel is not None
+        if self.challenges is None:  # every section of the run is proven over DNS
+            self.channel.send(control.encode_message(
+                "published", token=token, ok=False,
+                message="no section of this run uses http-01 (no webserver started)"))
+            return
         if self.webservers is not None:
             self.webservers.wait()
             self.webservers = None

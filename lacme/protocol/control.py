@@ -11,16 +11,26 @@ Master -> client
               "eab_kid": str | null (External Account Binding, with register)}
     orders   {"orders": [{"id": str, "identifiers": [{"type", "value"}], "csr": b64url(DER),
                           "replaces": str?, "profile": str?, "alternates": bool?}]}
+             challenge: "http-01" | "dns-01" | "dns-persist-01" (absent: by name)
              replaces: RFC 9773 certificate ID (the order is retried once without
              it when refused); alternates: send the alternate chains too
     renewal_info {"certificates": [{"id": str, "cert_id": str}]}   RFC 9773 4.1
     revoke   {"certificates": [{"id": str, "der": b64url(DER), "jwk_thumbprint": str}],
               "reason": int | null}
+    dns_persist {"sections": [{"id": str, "identifiers": [{"type", "value"}]}]}
+             the account URL and the CA's dns-persist-01 issuer domain name
     published {"token": str, "ok": bool, "message": str}   (answer to publish)
+    dns_published {"id": str, "ok": bool, "message": str}  (answer to dns_publish)
 
 Client -> master
     publish    {"token": str, "content": str}   master writes the challenge file
     unpublish  {"token": str}                   master removes it
+    dns_publish {"id": str, "records": [{"name", "value"}], "persistent": bool?}
+                                                dns-01 / dns-persist-01 TXT records, relayed
+                                                to lacme-dns (lacme.master.dnsrelay); one
+                                                batch, answered once they are served
+    dns_unpublish {"records": [{"name", "value"}]}
+    persist_info {"id": str, "account": str, "issuer": str}   (answer to dns_persist)
     account    {"account": {...}, "location": str, "jwk_thumbprint": str, "kid": str}
     certificate {"id": str, "pem": str, "alternates": [str]?, "replaces_dropped": str?}
     renewal_info {"id": str, "supported": bool, "info": {...}?, "retry_after": float?}
@@ -50,7 +60,7 @@ MAX_LINE = 1 << 20  # a certificate chain fits many times over
 
 CLIENT_TYPES = frozenset(
     {"publish", "unpublish", "account", "certificate", "revoked", "renewal_info", "failed",
-     "clock", "error", "done"}
+     "clock", "error", "done", "dns_publish", "dns_unpublish", "persist_info"}
 )
 
 

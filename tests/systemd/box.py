@@ -56,6 +56,7 @@ MASKED = (
     "apt-daily.service", "apt-daily.timer", "apt-daily-upgrade.service",
     "apt-daily-upgrade.timer", "bind9.service", "certbot.service", "certbot.timer",
     "console-getty.service", "dpkg-db-backup.timer", "knot.service", "named.service",
+    "unbound.service", "unbound-resolvconf.service",
     "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "getty@tty1.service",
     "man-db.timer", "postgresql.service", "ssh.service", "ssh.socket", "systemd-pstore.service",
     "systemd-timesyncd.service",

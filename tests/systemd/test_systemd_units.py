@@ -15,12 +15,13 @@ pytestmark = pytest.mark.systemd
 UNITS = ("lacme-accountd.socket", "lacme-accountd@.service", "lacme-client.socket",
          "lacme-client@.service", "lacme-webserver.socket", "lacme-webserver.service",
          "lacme-renew.service", "lacme-renew.timer", "lacme-notify@.service",
-         "lacme-reload@.service", "lacme-placeholder.service", "lacme-renew-boot.timer")
+         "lacme-reload@.service", "lacme-placeholder.service", "lacme-renew-boot.timer",
+         "lacme-dns.socket", "lacme-dns.service")
 
 # systemd-analyze security --threshold is in tenths.
 THRESHOLDS = {"lacme-accountd@x.service": 2, "lacme-webserver.service": 2,
               "lacme-client@x.service": 11, "lacme-renew.service": 10,
-              "lacme-placeholder.service": 10}
+              "lacme-placeholder.service": 10, "lacme-dns.service": 15}
 
 
 def test_install_puts_every_unit_in_unitdir_with_bindir_substituted(box: Box) -> None:
@@ -73,12 +74,13 @@ def test_security_exposure_within_threshold(box: Box, unit: str, threshold: int)
 
 def test_sockets_listen_root_only_after_enable(box: Box) -> None:
     box.systemctl("enable", "--now", "lacme-accountd.socket", "lacme-client.socket",
-                  "lacme-webserver.socket")
+                  "lacme-webserver.socket", "lacme-dns.socket")
     for sock, mode in (("/run/lacme/accountd.socket", "600"), ("/run/lacme/client.socket", "600"),
-                       ("/run/lacme-www.socket", "666")):
+                       ("/run/lacme-www.socket", "666"), ("/run/lacme/dns.socket", "600")):
         out = box.run("stat", "--format=%U %a %F", sock).stdout.strip().split(maxsplit=2)
         assert out == ["root", mode, "socket"], (sock, out)
-    for unit in ("lacme-accountd.socket", "lacme-client.socket", "lacme-webserver.socket"):
+    for unit in ("lacme-accountd.socket", "lacme-client.socket", "lacme-webserver.socket",
+                 "lacme-dns.socket"):
         assert box.show(unit, "ActiveState")["ActiveState"] == "active"
 
 

@@ -153,15 +153,19 @@ class Challenge(Record):
     status: str  # "pending" when the CA leaves it out
     token: str  # "" unless a string (http-01, dns-01: RFC 8555 8.3, 8.4)
     error: Problem | None
+    issuer_domain_names: tuple[str, ...] = ()  # dns-persist-01 (draft-ietf-acme-dns-persist)
 
     @classmethod
     def from_json(cls, obj: Any) -> Challenge | None:
         if not isinstance(obj, dict):
             return None
         error = obj.get("error")
+        issuers = obj.get("issuer-domain-names")
         return cls(type=_text(obj.get("type")), url=_text(obj.get("url")),
                    status=_text(obj.get("status", "pending")), token=_text(obj.get("token")),
-                   error=Problem.from_json(error) if isinstance(error, dict) else None)
+                   error=Problem.from_json(error) if isinstance(error, dict) else None,
+                   issuer_domain_names=tuple(i for i in issuers if isinstance(i, str))[:10]
+                   if isinstance(issuers, list) else ())
 
 
 class Authorization(Record):
@@ -171,6 +175,7 @@ class Authorization(Record):
     identifier: Identifier | None
     status: str
     challenges: tuple[Challenge, ...]
+    wildcard: bool = False  # RFC 8555 7.1.4: for a "*." name of the order
 
     @classmethod
     def from_json(cls, url: str, obj: Any) -> Authorization:
@@ -179,7 +184,8 @@ class Authorization(Record):
         found = obj.get("challenges")
         challenges = [Challenge.from_json(c) for c in found] if isinstance(found, list) else []
         return cls(url=url, identifier=Identifier.from_json(obj.get("identifier")),
-                   status=_text(obj.get("status")), challenges=tuple(c for c in challenges if c))
+                   status=_text(obj.get("status")), challenges=tuple(c for c in challenges if c),
+                   wildcard=obj.get("wildcard") is True)
 
     def challenge(self, kind: str) -> Challenge | None:
         """The first challenge of type ``kind`` (``http-01``), if the CA offers one."""

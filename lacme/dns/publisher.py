@@ -1,0 +1,122 @@
+"""What lacme-dns does with a batch: check it, group it by zone, write it, wait.
+
+Run inside ``lacme-dns`` (unprivileged).  Every record is checked again
+against the rule of ``lacme.protocol.dns01`` and the names the master
+allowed for this connection; then each record's name is followed through a
+CNAME to the zone that will hold it, the batch is written with one RFC 2136
+UPDATE (or hook calls) per zone, and added records are awaited on every
+server of their zones within one bound.  What this connection added and has
+not deleted is deleted when the connection ends, whatever the master did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Sequence
+
+from lacme.config.dns import DnsConfig, Zone
+from lacme.core.errors import LacmeError
+from lacme.protocol.dns01 import check_record
+
+log = logging.getLogger("lacme-dns")
+
+HOOK_TIMEOUT = 60.0
+
+
+def run_hook(zone: Zone, action: str, name: str, value: str) -> None:
+    """``command add|del FQDN VALUE``; a non-zero exit is the first line it wrote."""
+    assert zone.command is not None
+    try:
+        done = subprocess.run([zone.command, action, name, value], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=HOOK_TIMEOUT, env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        raise LacmeError(f"zone {zone.name}: {zone.command} {action} {name}: no exit "
+                         f"after {HOOK_TIMEOUT:g}s") from None
+    except OSError as exc:
+        raise LacmeError(f"zone {zone.name}: {zone.command}: {exc.strerror or exc}") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        why = lines[0][:200] if lines else "no message"
+        raise LacmeError(f"zone {zone.name}: {zone.command} {action} {name}: exit status "
+                         f"{done.returncode}: {why}")
+
+
+class Publisher:
+    """The records of one master connection."""
+
+    def __init__(self, cfg: DnsConfig | None, error: str = "") -> None:
+        self.cfg = cfg
+        self.error = error  # the configuration could not be read: every update says so
+        self.allowed: frozenset[str] = frozenset()
+        self.written: set[tuple[str, str]] = set()  # (requested name, value) added, not deleted
+        self._targets: dict[str, tuple[Zone, str]] = {}
+
+    def allow(self, names: Sequence[str]) -> None:
+        self.allowed = frozenset(n for n in names if isinstance(n, str))
+
+    def target(self, name: str) -> tuple[Zone, str]:
+        """The zone and the owner name a record of ``name`` is written at."""
+        if name not in self._targets:
+            assert self.cfg is not None
+            from lacme.dns.rfc2136 import follow_cname
+
+            owner = follow_cname(self.cfg, name)
+            zone = self.cfg.zone_for(owner)
+            if zone is None:
+                via = f" (CNAME to {owner})" if owner != name else ""
+                raise LacmeError(f"{self.cfg.source}: no zone configured for {name}{via}")
+            if zone.command is None and not zone.key_secret:
+                raise LacmeError(f"{self.cfg.source} [{zone.name}]: no key to update {owner}")
+            self._targets[name] = (zone, owner)
+        return self._targets[name]
+
+    def update(self, add: Sequence[tuple[str, str]], delete: Sequence[tuple[str, str]],
+               wait: bool, persistent: bool = False) -> None:
+        """Check, write and (``wait``) await one batch; LacmeError says why not.
+        ``persistent`` (dns-persist-01 records): kept when the connection ends."""
+        if self.cfg is None:
+            raise LacmeError(self.error)
+        for name, value in [*add, *delete]:
+            why = check_record(name, value, self.allowed)
+            if why is not None:
+                raise LacmeError(f"refused: {why}")
+        by_zone: dict[Zone, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
+        for index, items in ((0, add), (1, delete)):
+            for name, value in items:
+                zone, owner = self.target(name)
+                by_zone.setdefault(zone, ([], []))[index].append((owner, value))
+        from lacme.dns.rfc2136 import send_update, wait_for_records
+
+        for zone, (adds, deletes) in by_zone.items():
+            mine = [] if persistent else [item for item in add if self.target(item[0])[0] == zone]
+            if zone.command is not None:
+                for owner, value in deletes:
+                    run_hook(zone, "del", owner, value)
+                for index, (owner, value) in enumerate(adds):
+                    run_hook(zone, "add", owner, value)
+                    self.written.update(mine[index:index + 1])
+            else:  # one UPDATE: all of it is applied, or none (RFC 2136 3.4)
+                send_update(zone, adds, deletes, self.cfg.ttl)
+                self.written.update(mine)
+            log.info("zone %s: %d added, %d deleted", zone.name, len(adds), len(deletes))
+        self.written.difference_update(delete)
+        if wait and add:
+            waited = {zone: items[0] for zone, items in by_zone.items()
+                      if items[0] and (zone.command is None or zone.check)}
+            wait_for_records(waited, self.cfg.timeout)
+
+    def holds(self, records: Sequence[tuple[str, str]]) -> bool:
+        """Whether any of ``records`` was written by this connection and is still there."""
+        return any(r in self.written for r in records)
+
+    def clean_up(self) -> None:
+        """Delete what this connection added and did not delete (best effort)."""
+        if not self.written or self.cfg is None:
+            return
+        leftovers = sorted(self.written)
+        try:
+            self.update([], leftovers, wait=False)
+        except LacmeError as exc:
+            log.error("cannot remove %d record(s) at the end: %s", len(leftovers), exc)
