@@ -61,6 +61,28 @@ def _raise_terminated(signum: int, _frame: Any) -> None:
     raise _Terminated(f"signal {signum}")
 
 
+def install_signal_handlers(stack: ExitStack) -> None:
+    """SIGTERM as KeyboardInterrupt, SIGPIPE ignored, until ``stack`` closes."""
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    stack.callback(signal.signal, signal.SIGTERM, old)
+    # Ignore SIGPIPE-style failures as errors, never as signals.
+    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    stack.callback(signal.signal, signal.SIGPIPE, old_pipe)
+
+
+def client_settings(cfg: MasterConfig) -> dict[str, Any]:
+    """The [client] settings the client gets in hello."""
+    c = cfg.client
+    return {
+        "server": c.server,
+        "timeout": c.timeout,
+        "SSL_verify": c.ssl_verify,
+        "SSL_version": c.ssl_version,
+        "SSL_cipher_list": c.ssl_cipher_list,
+        "SSL_ca_file": c.ssl_ca_file,
+    }
+
+
 class ClientSession:
     """One run of the ACME client, with its accountd and webservers."""
 
@@ -88,7 +110,7 @@ class ClientSession:
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> ClientSession:
         try:
-            self._install_signal_handlers()
+            install_signal_handlers(self.stack)
             if not self.locked:
                 self.stack.callback(os.close, lock_run(self.cfg.path, lock_wait(self.cfg)))
             # Runs after everything registered below: channels closed, then this.
@@ -105,7 +127,7 @@ class ClientSession:
             self.channel, self.client_pid = start_client(
                 self.cfg, self.children, self.stack, self.debug)
             hello = control.encode_message(
-                "hello", version=control.VERSION, settings=self._client_settings(), debug=self.debug
+                "hello", version=control.VERSION, settings=client_settings(self.cfg), debug=self.debug
             )
             self.channel.send(hello, fd=accountd.fileno())
         except BaseException as exc:
@@ -135,24 +157,6 @@ class ClientSession:
 
     def _stop_children(self) -> None:
         self.children.stop(self.aborting)
-
-    def _install_signal_handlers(self) -> None:
-        old = signal.signal(signal.SIGTERM, _raise_terminated)
-        self.stack.callback(signal.signal, signal.SIGTERM, old)
-        # Ignore SIGPIPE-style failures as errors, never as signals.
-        old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        self.stack.callback(signal.signal, signal.SIGPIPE, old_pipe)
-
-    def _client_settings(self) -> dict[str, Any]:
-        c = self.cfg.client
-        return {
-            "server": c.server,
-            "timeout": c.timeout,
-            "SSL_verify": c.ssl_verify,
-            "SSL_version": c.ssl_version,
-            "SSL_cipher_list": c.ssl_cipher_list,
-            "SSL_ca_file": c.ssl_ca_file,
-        }
 
     # ------------------------------------------------------------- commands
     def account(self, **fields: Any) -> dict[str, Any]:
@@ -296,10 +300,10 @@ class ClientSession:
                 line, _ = self.channel.recv_line(control.MAX_LINE)
             except TimeoutError:
                 if failure is not None:
-                    raise self._failed(failure) from None
+                    raise failed_command(failure, self.accountd_pid) from None
                 raise LacmeError("the ACME client stopped answering") from None
             if line is None and failure is not None:
-                raise self._failed(failure)
+                raise failed_command(failure, self.accountd_pid)
             if line is None:
                 raise LacmeError("the ACME client ended unexpectedly" + self._client_status())
             try:
@@ -311,20 +315,21 @@ class ClientSession:
             elif msg["type"] == "error":
                 failure = str(msg.get("message") or "the ACME client failed")
             elif msg["type"] == "done" and failure is not None:
-                raise self._failed(failure)
+                raise failed_command(failure, self.accountd_pid)
             else:
                 yield msg
-
-    def _failed(self, message: str) -> LacmeError:
-        """The client's one line about a failed command.  When it is about the
-        accountd this run spawned and that accountd exited with an error, the
-        accountd has said why already, on the stderr it shares with us."""
-        if self.accountd_pid is not None and message.startswith(wire.PEER + ":"):
-            status = exit_status(self.accountd_pid, wait=0.5)
-            if status and status != " (exit status 0)":
-                return ReportedError(message + status)
-        return LacmeError(message)
 
     def _client_status(self) -> str:
         """How the spawned client ended, e.g. " (killed by signal 9)", if it has."""
         return "" if self.client_pid is None else exit_status(self.client_pid, wait=1.0)
+
+
+def failed_command(message: str, accountd_pid: int | None) -> LacmeError:
+    """The client's one line about a failed command.  When it is about the
+    accountd this run spawned (``accountd_pid``) and that accountd exited with
+    an error, the accountd has said why already, on the stderr it shares with us."""
+    if accountd_pid is not None and message.startswith(wire.PEER + ":"):
+        status = exit_status(accountd_pid, wait=0.5)
+        if status and status != " (exit status 0)":
+            return ReportedError(message + status)
+    return LacmeError(message)
