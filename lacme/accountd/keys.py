@@ -17,9 +17,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from lacme.accountd.policy import Policy
 from lacme.core.errors import ConfigError, LacmeError
 from lacme.core.record import Record
 from lacme.protocol import jwk_keys, jws, wire
+from lacme.protocol.scope import SCOPE_VERSION
 
 
 class AccountKey(Record):
@@ -98,12 +100,18 @@ def check_rsa_private_key(key: rsa.RSAPrivateKey) -> None:
 
 
 class Signer(Record):
-    """The key, and for whom it signs: the account key id and the CA origin when pinned."""
+    """The key, and for whom it signs: the account key id, the CA origin when
+    pinned by accountd's settings (``origin``) or by the spawning master's
+    environment (``fallback_origin``, which a scope's origin replaces), and
+    the signing policy (lacme.accountd.policy)."""
 
     key: AccountKey
     keyid: str | None
     origin: str | None
+    fallback_origin: str | None = None
+    policy: Policy | None = None
 
     def greeting(self) -> bytes:
-        greeting = wire.Greeting(self.key.alg, self.key.thumbprint, self.keyid, self.key.jwk)
+        greeting = wire.Greeting(self.key.alg, self.key.thumbprint, self.keyid, self.key.jwk,
+                                 scope=SCOPE_VERSION)
         return wire.encode_greeting(greeting)

@@ -21,9 +21,10 @@ import time
 from typing import NoReturn
 
 from lacme.accountd.keys import Signer, load_account_key
+from lacme.accountd.policy import Policy
 from lacme.accountd.server import NAME, Waiter, logger, run_bound, run_inherited, run_stdio
 from lacme.config import specifiers
-from lacme.config.accountd import load_accountd_config, parse_origin
+from lacme.config.accountd import load_accountd_config, parse_names, parse_operations, parse_origin
 from lacme.config.defaults import DEFAULT_ACCOUNTD_CONFIG
 from lacme.config.ini import check_privkey, expand_specifiers
 from lacme.core import descriptors, log
@@ -48,7 +49,9 @@ class Settings(Record):
     quiet: bool
     debug: bool
     stdio: bool
-    origin: str | None
+    origin: str | None  # --origin or the configuration's: wins over any other
+    fallback_origin: str | None  # the spawning master's environment (a scope replaces it)
+    policy: Policy
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"UNIX socket to bind (default {DEFAULT_SOCKET.replace('%', '%%')})")
     p.add_argument("--stdio", action="store_true", help="serve one connection on stdin/stdout")
     p.add_argument("--origin", metavar="URL", help="sign only requests for this https origin (the CA's)")
+    p.add_argument("--operations", metavar="LIST",
+                   help="sign only these operations (newOrder, newAccount, updateAccount, "
+                        "deactivateAccount, revokeCert; or none)")
+    p.add_argument("--names", metavar="LIST",
+                   help='sign orders only for these names (".example.org": any name under it)')
+    p.add_argument("--require-scope", action="store_true", default=None,
+                   help="refuse a connection whose first line is not the master's scope")
     p.add_argument("-q", "--quiet", action="store_true", default=None, help="do not log signatures on stderr")
     p.add_argument("--debug", action="store_true", help="debug output")
     return p.parse_args(argv)
@@ -79,9 +89,19 @@ def load_settings(args: argparse.Namespace) -> Settings:
     # environment variable, not an option: Debian's lacme-accountd ignores it
     # where it would refuse an unknown option.  --origin and the configuration
     # file's origin win over it.
+    # A master's scope carries the origin too (ssh does not forward this
+    # variable), and replaces it, never the pin of the two settings.
     origin = parse_origin(args.origin, "--origin") if args.origin else cfg.origin
+    fallback = None
     if origin is None and os.environ.get(wire.ORIGIN_VARIABLE):
-        origin = parse_origin(os.environ[wire.ORIGIN_VARIABLE], wire.ORIGIN_VARIABLE)
+        fallback = parse_origin(os.environ[wire.ORIGIN_VARIABLE], wire.ORIGIN_VARIABLE)
+    policy = Policy(
+        operations=(parse_operations(args.operations, "--operations") if args.operations
+                    else cfg.operations),
+        names=parse_names(args.names, "--names") if args.names else (cfg.names or ()),
+        require_scope=bool(args.require_scope if args.require_scope is not None
+                           else cfg.require_scope),
+    )
 
     def expanded(value: str | None, loc: str) -> str | None:
         return None if value is None else expand_specifiers(value, ident, loc)
@@ -98,6 +118,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         debug=args.debug,
         stdio=args.stdio,
         origin=origin,
+        fallback_origin=fallback,
+        policy=policy,
     )
 
 
@@ -135,7 +157,7 @@ def setup_logging(quiet: bool, debug: bool, logfile: str | None) -> None:
 def run(settings: Settings) -> None:
     """Load the key, then serve on stdio, inherited descriptors or a bound socket."""
     key = load_account_key(settings.privkey, settings.gpg)
-    signer = Signer(key, settings.keyid, settings.origin)
+    signer = Signer(key, settings.keyid, settings.origin, settings.fallback_origin, settings.policy)
     logger.debug("account key: %s, thumbprint %s", key.alg, key.thumbprint)
     waiter = Waiter()  # from here on SIGINT/SIGTERM end the program cleanly
     try:

@@ -22,6 +22,7 @@ import threading
 from typing import Any, BinaryIO
 
 from lacme.accountd.keys import Signer
+from lacme.accountd.policy import Guard, Policy
 from lacme.core import descriptors, log
 from lacme.core.errors import LacmeError
 from lacme.core.text import escape_text
@@ -48,7 +49,9 @@ def show_request(req: wire.SignRequest) -> str:
 
 
 def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: str) -> None:
-    """Greet, then sign request lines until EOF or the first refusal."""
+    """Greet, take the scope if the first line is one, then sign request lines
+    until EOF or the first refusal (lacme.accountd.policy)."""
+    guard = Guard(signer.policy or Policy(), signer.origin, signer.fallback_origin)
     try:
         wfile.write(signer.greeting())
         wfile.flush()
@@ -57,11 +60,13 @@ def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: 
             if not line:
                 return
             try:
-                req = wire.parse_sign_request(
-                    line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid, origin=signer.origin)
+                req = guard.take(line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid)
             except wire.Refused as exc:
                 logger.warning("[%s] NOSIGN %s", conn_id, exc.reason)
                 return
+            if req is None:
+                logger.log(log.VERBOSE, "[%s] SCOPE %s", conn_id, guard.describe_scope())
+                continue
             sig = signer.key.sign(req.signing_input)
             logger.log(log.VERBOSE, "[%s] SIGNED %s", conn_id, show_request(req))
             wfile.write(wire.encode_signature(sig))

@@ -23,14 +23,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any
 
+from lacme.config.defaults import run_deadline
 from lacme.config.master import MasterConfig
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError, ProtocolError
-from lacme.master.challenges import ChallengeDirectory
+from lacme.master.challenges import ChallengeDirectory, PublishGate
 from lacme.master.children import Children, exit_status
 from lacme.master.components import (
     Webservers,
@@ -40,8 +42,17 @@ from lacme.master.components import (
     start_client,
 )
 from lacme.master.lock import lock_run, lock_wait
+from lacme.master.scoping import (
+    account_scope,
+    lookup_scope,
+    orders_scope,
+    peek_greeting,
+    revoke_scope,
+    send_scope,
+)
 from lacme.protocol import control
 from lacme.protocol.jws import b64u_encode
+from lacme.protocol.scope import Scope
 
 log = logging.getLogger("lacme")
 
@@ -71,6 +82,8 @@ class ClientSession:
         self.aborting = False
         self.children = Children()
         self.webservers: Webservers | None = None  # until every one is ready
+        self.accountd: socket.socket | None = None  # until handed to the client in hello
+        self.gate: PublishGate | None = None  # known with accountd's greeting
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> ClientSession:
@@ -83,16 +96,12 @@ class ClientSession:
             if self.with_challenges:
                 self.challenges, self.webservers = open_challenges(
                     self.cfg, self.children, self.stack, self.debug)
-            accountd = open_accountd(self.cfg, self.children, self.debug)
+            self.accountd = open_accountd(self.cfg, self.children, self.debug)
             # Kept until the end and then shut down, so that accountd sees the
             # end at once instead of after the client's exit.
-            self.stack.callback(shutdown_quietly, accountd)
+            self.stack.callback(shutdown_quietly, self.accountd)
             self.channel, self.client_pid = start_client(
                 self.cfg, self.children, self.stack, self.debug)
-            hello = control.encode_message(
-                "hello", version=control.VERSION, settings=self._client_settings(), debug=self.debug
-            )
-            self.channel.send(hello, fd=accountd.fileno())
         except BaseException as exc:
             self.aborting = isinstance(exc, KeyboardInterrupt)
             self.stack.close()
@@ -104,6 +113,22 @@ class ClientSession:
         self.aborting = self.aborting or (
             isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt))
         self.stack.close()
+
+    def _hello(self, scope: Scope) -> None:
+        """Scope accountd's connection for the command, then hand it to the
+        client: the scope is written before the client can write anything."""
+        assert self.channel is not None and self.accountd is not None
+        try:
+            greeting = peek_greeting(self.accountd, run_deadline(self.cfg.client.timeout))
+            send_scope(self.accountd, greeting, scope)
+            hello = control.encode_message(
+                "hello", version=control.VERSION, settings=self._client_settings(), debug=self.debug
+            )
+            self.channel.send(hello, fd=self.accountd.fileno())
+        except BaseException as exc:
+            self.aborting = isinstance(exc, KeyboardInterrupt)
+            raise
+        self.gate = PublishGate(greeting.jwk_thumbprint)
 
     def cancel(self) -> None:
         """No command will be sent: the children are told to stop at the end."""
@@ -133,6 +158,10 @@ class ClientSession:
     # ------------------------------------------------------------- commands
     def account(self, **fields: Any) -> dict[str, Any]:
         assert self.channel is not None
+        self._hello(account_scope(self.cfg.client.server, register=bool(fields.get("register")),
+                                  tos_agreed=bool(fields.get("tos_agreed")),
+                                  deactivate=bool(fields.get("deactivate")),
+                                  contact=fields.get("contact")))
         self.channel.send(control.encode_message("account", **fields))
         reply: dict[str, Any] | None = None
         for msg in self._messages():
@@ -167,7 +196,18 @@ class ClientSession:
             for sid, names, csr in orders
         ]
         results: dict[str, bool | str] = {o["id"]: "no answer from the ACME client" for o in payload}
+        self._hello(orders_scope(self.cfg.client.server, [(names, csr) for _, names, csr in orders]))
+        assert self.gate is not None
+        self.gate.open([(i["type"], i["value"]) for o in payload for i in o["identifiers"]])
         self.channel.send(control.encode_message("orders", orders=payload))
+        try:
+            return self._order_messages(results, on_certificate)
+        finally:
+            self.gate.close()
+
+    def _order_messages(self, results: dict[str, bool | str],
+                        on_certificate: Callable[..., str | None]) -> dict[str, bool | str]:
+        assert self.challenges is not None
         for msg in self._messages():
             kind = msg["type"]
             if kind == "publish":
@@ -194,6 +234,7 @@ class ClientSession:
         assert self.channel is not None
         payload = [{"id": sid, "cert_id": cert_id} for sid, cert_id in certificates]
         results: dict[str, dict | str] = {c["id"]: "no answer from the ACME client" for c in payload}
+        self._hello(lookup_scope(self.cfg.client.server))
         self.channel.send(control.encode_message("renewal_info", certificates=payload))
         return self._collect(results, "renewal_info", lambda msg: msg)
 
@@ -203,6 +244,7 @@ class ClientSession:
         payload = [{"id": path, "der": b64u_encode(der), "jwk_thumbprint": thumb}
                    for path, der, thumb in certificates]
         results: dict[str, bool | str] = {c["id"]: "no answer from the ACME client" for c in payload}
+        self._hello(revoke_scope(self.cfg.client.server, [der for _, der, _ in certificates], reason))
         self.channel.send(control.encode_message("revoke", certificates=payload, reason=reason))
         return self._collect(results, "revoked", lambda msg: True)
 
@@ -228,6 +270,8 @@ class ClientSession:
             self.webservers.wait()
             self.webservers = None
         try:
+            assert self.gate is not None
+            self.gate.check_http01(token, content)
             self.challenges.publish(token, content)
             answer = control.encode_message("published", token=token, ok=True, message="")
             log.debug("published challenge %s", token)

@@ -1,0 +1,118 @@
+"""The master's side of the scope extension: what a run lets accountd sign.
+
+Run by the master (root), between connecting to accountd and handing the
+connection to the client.  ``peek_greeting`` reads accountd's greeting
+without consuming it (MSG_PEEK: the client reads it as always); when the
+greeting announces scopes (``lacme.protocol.wire``), ``send_scope`` writes
+the run's scope as the connection's first line, so that the client never
+has a chance to write one.  The scopes are built from the command and the
+configuration, never from anything the client says: the identifiers and
+CSR digests of the orders, the account operation with its contacts, or the
+certificates to revoke with their reason (``lacme.protocol.scope``).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections.abc import Iterable, Sequence
+
+from lacme.core.errors import LacmeError, ProtocolError
+from lacme.core.log import VERBOSE
+from lacme.core.origin import origin_of
+from lacme.protocol import scope as sc
+from lacme.protocol import wire
+
+log = logging.getLogger("lacme")
+# The greeting is two lines, each at most wire.MAX_LINE.
+_PEEK_LIMIT = 2 * wire.MAX_LINE
+
+
+def peek_greeting(sock: socket.socket, timeout: float) -> wire.Greeting:
+    """accountd's greeting, left in the socket for the client."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LacmeError("lacme-accountd: no greeting before the timeout")
+        if not select.select([sock], [], [], remaining)[0]:
+            continue
+        try:
+            data = sock.recv(_PEEK_LIMIT + 1, socket.MSG_PEEK)
+        except OSError as exc:
+            raise LacmeError(f"lacme-accountd: {exc.strerror or exc}") from None
+        if not data:
+            raise LacmeError("lacme-accountd: connection closed before the greeting")
+        end = data.find(b"\r\n")
+        end2 = data.find(b"\r\n", end + 2) if end >= 0 else -1
+        if end2 >= 0:
+            try:
+                return wire.parse_greeting(data[:end + 2], data[end + 2:end2 + 2])
+            except ProtocolError as exc:
+                raise LacmeError(str(exc)) from None
+        if len(data) > _PEEK_LIMIT:
+            raise LacmeError("lacme-accountd: greeting too long")
+        if len(data) == seen:  # a peek returns what is there at once: wait for more
+            time.sleep(0.002)
+        seen = len(data)
+
+
+def send_scope(sock: socket.socket, greeting: wire.Greeting, scope: sc.Scope) -> bool:
+    """Write ``scope`` if accountd enforces scopes; False (said once) if it cannot."""
+    if greeting.scope < sc.SCOPE_VERSION:
+        log.log(VERBOSE, "lacme-accountd does not announce scopes (Debian's 0.8.2?): "
+                    "it cannot narrow what it signs for this run")
+        return False
+    try:
+        sock.sendall(sc.encode_scope(scope))
+    except OSError as exc:
+        raise LacmeError(f"lacme-accountd: cannot send the scope: {exc.strerror or exc}") from None
+    return True
+
+
+def _origin(server: str) -> str | None:
+    try:
+        return origin_of(server)
+    except ValueError:  # not https: the client refuses it anyway
+        return None
+
+
+def orders_scope(server: str, orders: Iterable[tuple[Sequence[str | tuple[str, str]], bytes]]) -> sc.Scope:
+    """newOrder for these identifiers (a DNS name, or a (type, value)), finalize with these CSRs."""
+    identifiers: set[tuple[str, str]] = set()
+    digests: set[str] = set()
+    for names, csr in orders:
+        for n in names:
+            identifiers.add(sc.identifier(*n) if isinstance(n, tuple) else sc.identifier("dns", n))
+        digests.add(sc.digest(csr))
+    return sc.Scope(origin=_origin(server), operations=frozenset({sc.NEW_ORDER}),
+                    identifiers=frozenset(identifiers), csr_digests=frozenset(digests))
+
+
+def account_scope(server: str, *, register: bool, tos_agreed: bool, deactivate: bool,
+                  contact: Sequence[str] | None) -> sc.Scope:
+    """The account command's operations: registration (then, for an account
+    that exists, the contact update), the contact update, the deactivation."""
+    ops = set()
+    if register:
+        ops.add(sc.NEW_ACCOUNT)
+    if contact:
+        ops.add(sc.UPDATE_ACCOUNT)
+    if deactivate:
+        ops.add(sc.DEACTIVATE_ACCOUNT)
+    return sc.Scope(origin=_origin(server), operations=frozenset(ops),
+                    contact=tuple(contact or ()), tos=tos_agreed)
+
+
+def revoke_scope(server: str, certificates: Iterable[bytes], reason: int | None) -> sc.Scope:
+    """revokeCert of exactly these certificates (DER), with this reason."""
+    return sc.Scope(origin=_origin(server), operations=frozenset({sc.REVOKE_CERT}),
+                    certificates=frozenset((sc.digest(der), reason) for der in certificates))
+
+
+def lookup_scope(server: str) -> sc.Scope:
+    """Nothing but the account lookup and POST-as-GET (renewalInfo is not signed)."""
+    return sc.Scope(origin=_origin(server))
