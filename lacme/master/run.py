@@ -167,6 +167,8 @@ class ClientSession:
         for msg in self._messages():
             if msg["type"] == "account":
                 reply = msg
+            elif msg["type"] == "publish":  # refused: no order is pending
+                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
             elif msg["type"] == "error":
                 raise LacmeError(str(msg.get("message", "account request failed")))
             elif msg["type"] == "done":
@@ -256,6 +258,8 @@ class ClientSession:
             kind = msg["type"]
             if kind == answer and msg.get("id") in results:
                 results[msg["id"]] = value(msg)
+            elif kind == "publish":  # refused: no order is pending
+                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
             elif kind == "error":  # one line says why
@@ -265,13 +269,14 @@ class ClientSession:
         return results
 
     def _publish(self, token: str, content: str) -> None:
-        assert self.channel is not None and self.challenges is not None
-        if self.webservers is not None:
-            self.webservers.wait()
-            self.webservers = None
+        """Publish an http-01 answer if the gate allows it (lacme.master.challenges)."""
+        assert self.channel is not None and self.gate is not None
         try:
-            assert self.gate is not None
             self.gate.check_http01(token, content)
+            assert self.challenges is not None  # the gate opens only for orders
+            if self.webservers is not None:
+                self.webservers.wait()
+                self.webservers = None
             self.challenges.publish(token, content)
             answer = control.encode_message("published", token=token, ok=True, message="")
             log.debug("published challenge %s", token)

@@ -105,8 +105,23 @@ def publish(link: ControlLink, **_: Any) -> None:
     link.publish(token, f"{token}.{'B' * 43}", timeout=10)
 
 
+def publish_idle(link: ControlLink, signer: AccountdSigner, **_: Any) -> None:
+    """A key authorization of this account, while no order of the run is pending."""
+    token = "idle-token-" + "A" * 32
+    link.publish(token, f"{token}.{signer.thumbprint}", timeout=10)
+
+
+def publish_many(link: ControlLink, signer: AccountdSigner, command: dict, **_: Any) -> None:
+    """More key authorizations than the run's orders have authorizations."""
+    count = sum(len(o["identifiers"]) for o in command["orders"])
+    for i in range(count + 1):
+        token = f"token-{i}-" + "A" * 32
+        link.publish(token, f"{token}.{signer.thumbprint}", timeout=10)
+
+
 ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account, revoke,
-                                    new_order, finalize, second_scope, publish)}
+                                    new_order, finalize, second_scope, publish, publish_idle,
+                                    publish_many)}
 
 
 def main() -> int:

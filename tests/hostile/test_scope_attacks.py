@@ -39,7 +39,10 @@ ATTACKS = {
     "finalize": ("accountd", "finalize with a CSR that is not in the scope", "POST /finalize-order"),
     "second_scope": ("accountd", "a scope that is not the first line", "POST /order-plz"),
     "publish": ("master", "refused: not a key authorization of this account", "POST /chalZ"),
+    "publish_idle": ("master", "refused: no order of this run is pending", "POST /chalZ"),
+    "publish_many": ("master", "refused: more answers than the 1 authorization(s)", "POST /chalZ"),
 }
+COMMANDS = {"publish_idle": ["account"]}  # the others: newOrder --force
 
 
 def account_state(pebble, key_path: Path) -> dict:
@@ -75,13 +78,13 @@ class Victim:
         self.state = account_state(pebble, self.key)
         assert self.state["status"] == "valid" and self.state["contact"] == [OWNER]
 
-    def attack(self, attack: str, report: Path):
+    def attack(self, attack: str, report: Path, command: list[str]):
         self.setup.client_command = f"{sys.executable} {EVIL} {attack} {report} {self.cert}"
         self.setup.write()
         accountd_conf = self.setup.root / "lacme-accountd.conf"
         accountd_conf.write_text(accountd_conf.read_text() + f"logfile = {self.log}\n")
         self.log.write_text("")
-        return self.setup.run("newOrder", "--force")
+        return self.setup.run(*command)
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +98,14 @@ def test_compromised_client_can_only_fail_the_run(victim, pebble, tmp_path, atta
     report_path = tmp_path / "report.json"
     old_cert = victim.cert.read_bytes()
     offset = pebble.log_offset()
-    done = victim.attack(attack, report_path)
+    command = COMMANDS.get(attack, ["newOrder", "--force"])
+    done = victim.attack(attack, report_path, command)
     report = json.loads(report_path.read_text())
     assert report["outcome"] != "succeeded", report
     assert done.returncode == 1 and "Traceback" not in done.stderr
     accountd_log = victim.log.read_text()
-    assert "SCOPE newOrder" in accountd_log  # the master scoped the connection
+    # The master scoped the connection (the account command: to the lookup).
+    assert ("SCOPE lookup only" if command == ["account"] else "SCOPE newOrder") in accountd_log
     if who == "accountd":
         assert report["signer_broken"], report  # accountd closed the connection
         assert "NOSIGN" in accountd_log and reason in accountd_log, accountd_log
