@@ -1,7 +1,7 @@
 """A compromised lacme-client: it takes the real client's place (``[client]
 command``) and, instead of its command, tries one forbidden request.
 
-Usage: evil_client.py ATTACK REPORT [CERTIFICATE]
+Usage: evil_client.py ATTACK REPORT [CERTIFICATE]   (REPORT "-": a line on stderr)
 
 It speaks the control protocol and the accountd protocol exactly as the
 real client does (hello, the accountd connection, the command), then asks
@@ -126,6 +126,9 @@ ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account,
 
 def main() -> int:
     attack, report_path = sys.argv[1], sys.argv[2]
+    if attack.startswith("@"):  # the attack's name in a file (one drop-in for every attack)
+        with open(attack[1:]) as fh:
+            attack = fh.read().strip()
     certificate = sys.argv[3] if len(sys.argv) > 3 and not sys.argv[3].startswith("--") else ""
     channel = descriptors.Channel(control_socket())
     hello, accountd = receive_hello(channel)
@@ -144,8 +147,11 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - whatever stopped it goes to the report
         report["outcome"] = f"{type(exc).__name__}: {exc}"
     report["signer_broken"] = signer.broken is not None
-    with open(report_path, "w") as fh:
-        json.dump(report, fh)
+    if report_path == "-":  # systemd mode: the client's sandbox writes nowhere, the journal has it
+        print("LACME-EVIL-REPORT " + json.dumps(report), file=sys.stderr, flush=True)
+    else:
+        with open(report_path, "w") as fh:
+            json.dump(report, fh)
     try:
         link.send("error", message=f"hostile client: {attack}: {report['outcome']}")
         link.send("done")
