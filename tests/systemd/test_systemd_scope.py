@@ -25,7 +25,7 @@ from tests.systemd.box import TREE_ROOT, VENV, Box
 
 pytestmark = [pytest.mark.systemd, pytest.mark.pebble]
 
-EVIL = "/usr/local/lib/lacme-evil/evil_client.py"
+EVIL = "/etc/lacme-evil/evil_client.py"  # /etc: the box's own disk
 ATTACK_FILE = "/etc/lacme-evil/attack"
 CERT = "/srv/certs/scope/cert.pem"
 DROPIN = "/etc/systemd/system/lacme-client@.service.d/60-evil.conf"
@@ -100,9 +100,12 @@ def test_compromised_client_can_only_fail_the_run(victim: Victim, attack: str) -
     cursor, offset = box.cursor(), pebble.log_offset()
     rc, out = victim.lacme(*COMMANDS.get(attack, ["newOrder", "--force"]))
     assert rc == 1 and "Traceback" not in out, out
-    client = box.wait_journal(after=cursor, _SYSTEMD_UNIT="lacme-client@*.service",
-                              MESSAGE="LACME-EVIL-REPORT *")
-    report = json.loads(client[0]["MESSAGE"].split(" ", 1)[1])
+    box.wait_journal(after=cursor, _SYSTEMD_UNIT="lacme-client@*.service", MESSAGE="LACME-EVIL-REPORT *")
+    client = [str(e.get("MESSAGE", "")) for e in
+              box.journal(after=cursor, _SYSTEMD_UNIT="lacme-client@*.service")]
+    reports = [m for m in client if m.startswith("LACME-EVIL-REPORT ")]
+    assert reports, (client, out)
+    report = json.loads(reports[0].split(" ", 1)[1])
     assert report["attack"] == attack and report["outcome"] != "succeeded", report
     accountd = [e.get("MESSAGE", "") for e in
                 box.journal(after=cursor, _SYSTEMD_UNIT="lacme-accountd@*.service")]
