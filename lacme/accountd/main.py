@@ -7,7 +7,9 @@ stdin/stdout (``--stdio``), on descriptors handed over with sd_listen_fds(3)
 (a listening socket: accept loop; a connection: serve it and exit), or on a
 UNIX socket it binds itself (``server``).  Only RFC 8555 section 6.2 signing
 inputs for this key (and, with ``--origin``, for one CA) are signed: see
-``wire.parse_sign_request``.  This module is the program: the command line
+``wire.parse_sign_request``; and only those that the connection's scope and
+the policy (``--operations``, ``--names``, ``--require-scope``) allow: see
+``lacme.accountd.policy``.  This module is the program: the command line
 over the configuration file, logging, and the exit code.
 """
 

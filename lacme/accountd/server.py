@@ -1,8 +1,9 @@
 """lacme-accountd's server: the accountd wire protocol on stdio, sockets and descriptors.
 
 Runs in lacme-accountd, as the account key's owner.  One connection is a
-greeting, then request lines each answered with a signature, until EOF or
-the first refusal (lacme.protocol.wire).  Connections come on stdin/stdout
+greeting, the master's scope if the first line is one, then request lines
+each answered with a signature, until EOF or the first refusal
+(lacme.protocol.wire; what is refused: lacme.accountd.policy).  Connections come on stdin/stdout
 (``--stdio``), on descriptors handed over with sd_listen_fds(3) (a listening
 socket: an accept loop; a connection: serve it and exit), or on a UNIX socket
 bound here (mode 0600, in a directory others cannot write).  One thread per

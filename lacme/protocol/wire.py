@@ -1,8 +1,9 @@
 """The lacme-accountd wire protocol, version 1, as pure bytes-in, values-out functions.
 
 Spoken between lacme-accountd (which holds the account key) and the
-unprivileged ACME client, over a UNIX socket, a socket pair or ssh; byte
-compatible with Debian's lacme-accountd 0.8.2.  No I/O here.
+unprivileged ACME client, over a UNIX socket, a socket pair or ssh;
+compatible with Debian's lacme-accountd 0.8.2 both ways (its greeting has
+the same members, ours one more that its client ignores).  No I/O here.
 
     server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, scope]} CRLF
             canonical JWK CRLF                 ("{}" when a key id is set)
