@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from lacme.accountd.policy import Policy
 from lacme.core.errors import ConfigError, LacmeError
 from lacme.core.record import Record
-from lacme.protocol import jwk_keys, jws, wire
+from lacme.protocol import eab, jwk_keys, jws, wire
 from lacme.protocol.scope import SCOPE_VERSION
 
 
@@ -99,19 +99,54 @@ def check_rsa_private_key(key: rsa.RSAPrivateKey) -> None:
         raise ValueError("inconsistent RSA private key (damaged?)")
 
 
+class MacKey(Record):
+    """The External Account Binding MAC key (RFC 8555 7.3.4) and its identifier."""
+
+    kid: str
+    alg: str
+    key: bytes
+
+
+def load_mac_key(path: str, kid: str, alg: str, where: str) -> MacKey:
+    """Read the base64url MAC key in ``path`` (``where``: the setting, for errors)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read(4096)
+    except OSError as exc:
+        raise LacmeError(f"{where}: {path}: {exc.strerror or exc}") from None
+    try:
+        return MacKey(kid=kid, alg=alg, key=eab.parse_mac_key(text))
+    except eab.BindingError as exc:
+        raise ConfigError(f"{where}: {path}: {exc}") from None
+
+
 class Signer(Record):
     """The key, and for whom it signs: the account key id, the CA origin when
     pinned by accountd's settings (``origin``) or by the spawning master's
-    environment (``fallback_origin``, which a scope's origin replaces), and
-    the signing policy (lacme.accountd.policy)."""
+    environment (``fallback_origin``, which a scope's origin replaces), the
+    EAB MAC key when there is one, and the signing policy
+    (lacme.accountd.policy)."""
 
     key: AccountKey
     keyid: str | None
     origin: str | None
+    mac: MacKey | None = None
     fallback_origin: str | None = None
     policy: Policy | None = None
 
     def greeting(self) -> bytes:
         greeting = wire.Greeting(self.key.alg, self.key.thumbprint, self.keyid, self.key.jwk,
+                                 eab_kid=self.mac.kid if self.mac else None,
+                                 eab_alg=self.mac.alg if self.mac else None,
                                  scope=SCOPE_VERSION)
         return wire.encode_greeting(greeting)
+
+    def binding(self) -> tuple[str, str] | None:
+        """(alg, kid) of the MAC key, for wire.parse_sign_request."""
+        return (self.mac.alg, self.mac.kid) if self.mac else None
+
+    def sign(self, req: wire.SignRequest) -> bytes:
+        """The signature of an accepted request: the MAC of a binding, else the key's."""
+        if self.mac is not None and eab.is_binding(req.header):
+            return eab.mac(self.mac.alg, self.mac.key, req.signing_input)
+        return self.key.sign(req.signing_input)

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import NoReturn
 
-from lacme.accountd.keys import Signer, load_account_key
+from lacme.accountd.keys import Signer, load_account_key, load_mac_key
 from lacme.accountd.policy import Policy
 from lacme.accountd.server import NAME, Waiter, logger, run_bound, run_inherited, run_stdio
 from lacme.config import specifiers
@@ -33,10 +33,11 @@ from lacme.core import descriptors, log
 from lacme.core.cli import ArgumentParser
 from lacme.core.errors import ConfigError, LacmeError
 from lacme.core.record import Record
-from lacme.protocol import wire
+from lacme.protocol import eab, wire
 
 DEFAULT_SOCKET = "%t/S.lacme"
 DEFAULT_GPG = "gpg --quiet"
+EAB_CREDENTIAL = "eab-hmac-key"  # the MAC key's credential name in systemd mode
 
 
 # ---------------------------------------------------------------------------
@@ -54,6 +55,9 @@ class Settings(Record):
     origin: str | None  # --origin or the configuration's: wins over any other
     fallback_origin: str | None  # the spawning master's environment (a scope replaces it)
     policy: Policy
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None  # a file holding the base64url MAC key
+    eab_alg: str = eab.DEFAULT_ALGORITHM
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,6 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='sign orders only for these names (".example.org": any name under it)')
     p.add_argument("--require-scope", action="store_true", default=None,
                    help="refuse a connection whose first line is not the master's scope")
+    p.add_argument("--eab-kid", metavar="KID",
+                   help="External Account Binding: the key identifier the CA gave")
+    p.add_argument("--eab-hmac-key", metavar="FILE",
+                   help="External Account Binding: the file holding the CA's MAC key (base64url)")
     p.add_argument("-q", "--quiet", action="store_true", default=None, help="do not log signatures on stderr")
     p.add_argument("--debug", action="store_true", help="debug output")
     return p.parse_args(argv)
@@ -108,6 +116,16 @@ def load_settings(args: argparse.Namespace) -> Settings:
     def expanded(value: str | None, loc: str) -> str | None:
         return None if value is None else expand_specifiers(value, ident, loc)
 
+    eab_kid = args.eab_kid or cfg.eab_kid
+    eab_key = expanded(args.eab_hmac_key, "--eab-hmac-key") if args.eab_hmac_key else expanded(
+        cfg.eab_hmac_key, "eab-hmac-key")
+    if eab_kid and not eab_key and os.environ.get("CREDENTIALS_DIRECTORY"):
+        # systemd mode: the MAC key is the credential of that name (docs/systemd.md)
+        eab_key = os.path.join(os.environ["CREDENTIALS_DIRECTORY"], EAB_CREDENTIAL)
+    if bool(eab_kid) != bool(eab_key):
+        missing = "eab-hmac-key (nor --eab-hmac-key)" if eab_kid else "eab-kid (nor --eab-kid)"
+        raise ConfigError(f"{path or 'lacme-accountd.conf'}: External Account Binding needs "
+                          f"{missing}")
     kind, _, key_path = privkey.partition(":")
     socket_path = None if args.stdio else (args.socket or cfg.socket or DEFAULT_SOCKET)
     return Settings(
@@ -122,6 +140,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
         origin=origin,
         fallback_origin=fallback,
         policy=policy,
+        eab_kid=eab_kid or None,
+        eab_hmac_key=eab_key or None,
+        eab_alg=cfg.eab_alg or eab.DEFAULT_ALGORITHM,
     )
 
 
@@ -158,8 +179,12 @@ def setup_logging(quiet: bool, debug: bool, logfile: str | None) -> None:
 
 def run(settings: Settings) -> None:
     """Load the key, then serve on stdio, inherited descriptors or a bound socket."""
+    mac = None
+    if settings.eab_kid and settings.eab_hmac_key:
+        mac = load_mac_key(settings.eab_hmac_key, settings.eab_kid, settings.eab_alg, "eab-hmac-key")
     key = load_account_key(settings.privkey, settings.gpg)
-    signer = Signer(key, settings.keyid, settings.origin, settings.fallback_origin, settings.policy)
+    signer = Signer(key, settings.keyid, settings.origin, mac, settings.fallback_origin,
+                    settings.policy)
     logger.debug("account key: %s, thumbprint %s", key.alg, key.thumbprint)
     waiter = Waiter()  # from here on SIGINT/SIGTERM end the program cleanly
     try:
@@ -193,7 +218,9 @@ def run_program(argv: list[str] | None = None) -> int:
         setup_logging(settings.quiet, settings.debug, settings.logfile)
         run(settings)
     except LacmeError as exc:
-        logger.error("%s", exc, exc_info=debug)
+        # named: a spawned accountd shares the master's stderr, and the master
+        # leaves this line as the only one about the failure (lacme.master.run)
+        logger.error("%s: %s", NAME, exc, exc_info=debug)
         return exc.exit_code
     except KeyboardInterrupt:  # before serving, e.g. at gpg's passphrase prompt
         return 130

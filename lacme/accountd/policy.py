@@ -59,18 +59,28 @@ class Guard:
         self.scope: sc.Scope | None = None
         self.remaining = -1  # signatures left under a scope (-1: unbounded)
         self.lines = 0
+        self.refused_scope = ""  # why the first line's scope was refused
 
-    def take(self, line: bytes, *, alg: str, jwk: dict, kid: str | None) -> wire.SignRequest | None:
+    def take(self, line: bytes, *, alg: str, jwk: dict, kid: str | None,
+             binding: tuple[str, str] | None = None) -> wire.SignRequest | None:
         """The request to sign in ``line``, None for the scope line, or Refused."""
         self.lines += 1
         if sc.is_scope_line(line):
             if self.lines > 1:
                 raise wire.Refused("a scope that is not the first line (a second scope?)")
-            self._set_scope(sc.parse_scope(line))
+            try:
+                self._set_scope(sc.parse_scope(line))
+            except wire.Refused as exc:
+                # Refused at the first request, which then reads the end of
+                # the connection as any refused request does.
+                self.refused_scope = exc.reason
             return None
+        if self.refused_scope:
+            raise wire.Refused(self.refused_scope)
         if self.lines == 1 and self.policy.require_scope:
             raise wire.Refused("no scope as first line, and require-scope is set")
-        req = wire.parse_sign_request(line, alg=alg, jwk=jwk, kid=kid, origin=self.origin)
+        req = wire.parse_sign_request(line, alg=alg, jwk=jwk, kid=kid, origin=self.origin,
+                                      binding=binding)
         if self.scope is None and not self.policy.restricts:
             return req  # as Debian's 0.8.2: any well-formed request for this key
         op = sc.classify(req.header, req.body)
@@ -99,7 +109,7 @@ class Guard:
     def describe_scope(self) -> str:
         s = self.scope
         if s is None:
-            return "none"
+            return f"refused ({self.refused_scope})" if self.refused_scope else "none"
         parts = [",".join(sorted(s.operations)) or "lookup only", f"origin {self.origin or 'any'}"]
         if s.identifiers:
             parts.append("names " + ",".join(sorted(v for _, v in s.identifiers)))

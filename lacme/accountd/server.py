@@ -61,14 +61,15 @@ def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: 
             if not line:
                 return
             try:
-                req = guard.take(line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid)
+                req = guard.take(line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid,
+                                 binding=signer.binding())
             except wire.Refused as exc:
                 logger.warning("[%s] NOSIGN %s", conn_id, exc.reason)
                 return
             if req is None:
                 logger.log(log.VERBOSE, "[%s] SCOPE %s", conn_id, guard.describe_scope())
                 continue
-            sig = signer.key.sign(req.signing_input)
+            sig = signer.sign(req)
             logger.log(log.VERBOSE, "[%s] SIGNED %s", conn_id, show_request(req))
             wfile.write(wire.encode_signature(sig))
             wfile.flush()

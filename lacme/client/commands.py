@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
+from lacme.client.acme.messages import Account
 from lacme.client.link import Context, report_failure
 from lacme.core.errors import LacmeError, ProtocolError
 from lacme.core.text import escape_text
-from lacme.protocol import jws
+from lacme.protocol import eab, jws
 
 logger = logging.getLogger("lacme-client")
 
@@ -27,8 +29,14 @@ def serve_account(ctx: Context, msg: dict) -> bool:
     contact = [str(c) for c in msg.get("contact") or []]
     if register:
         logger.info("requesting a new registration%s", f" for {', '.join(contact)}" if contact else "")
-    account = session.new_account(contact=contact, tos_agreed=bool(msg.get("tos_agreed")),
-                                  only_existing=not register)
+    if session.kid and not register:
+        # accountd serves a key id (and no JWK, which newAccount needs): the
+        # account is that URL, read with POST-as-GET (RFC 8555 7.3, 6.3)
+        account = Account(url=session.kid, body=session.get(session.kid), created=False)
+    else:
+        binding = external_binding(ctx, str(msg.get("eab_kid") or "")) if register else None
+        account = session.new_account(contact=contact, tos_agreed=bool(msg.get("tos_agreed")),
+                                      only_existing=not register, binding=binding)
     tos = session.terms_of_service()
     if tos:
         line = f"Terms of Service: {escape_text(tos)}"
@@ -43,8 +51,42 @@ def serve_account(ctx: Context, msg: dict) -> bool:
         logger.info("account deactivated")
     elif not isinstance(body.get("status"), str):  # RFC 8555 7.3.1 has the body; some CAs do not
         body = session.get(account.url)
-    ctx.link.send("account", account=body, location=account.url)
+    ctx.link.send("account", account=body, location=account.url,
+                  jwk_thumbprint=ctx.signer.thumbprint, kid=ctx.signer.kid or "")
     return True
+
+
+def external_binding(ctx: Context, wanted_kid: str) -> Callable[[str], dict] | None:
+    """How newAccount gets its externalAccountBinding (RFC 8555 7.3.4), if it
+    needs one: accountd MACs the binding over the account's JWK; the MAC key
+    never leaves it.  ``wanted_kid``: the key identifier the user named
+    (``lacme account --eab-kid``), which must be accountd's.  Checked before
+    anything is signed: a CA that requires a binding and none available, or a
+    binding that accountd cannot make, is one error line."""
+    signer, session = ctx.signer, ctx.session
+    if wanted_kid and signer.eab_kid is None:
+        raise LacmeError(f"--eab-kid {escape_text(wanted_kid)}: this lacme-accountd holds no External "
+                         "Account Binding MAC key (set eab-kid and eab-hmac-key in its "
+                         "lacme-accountd.conf; Debian's lacme-accountd 0.8.2 cannot bind)")
+    if wanted_kid and wanted_kid != signer.eab_kid:
+        raise LacmeError(f"--eab-kid {escape_text(wanted_kid)}: lacme-accountd's MAC key is for "
+                         f"eab-kid {escape_text(signer.eab_kid or '')}")
+    if signer.eab_kid is None:
+        if session.external_account_required():
+            raise LacmeError(f"{escape_text(session.directory_url)}: the CA requires External Account "
+                             "Binding (meta.externalAccountRequired): set eab-kid and eab-hmac-key "
+                             "in lacme-accountd.conf")
+        return None
+    kid, alg = signer.eab_kid, signer.eab_alg or eab.DEFAULT_ALGORITHM
+    if not signer.jwk:
+        raise LacmeError("External Account Binding: lacme-accountd serves a key id and no JWK")
+
+    def bind(url: str) -> dict:
+        text = eab.binding_input(alg, kid, url, signer.jwk)
+        return jws.flattened(text, signer.sign(text.encode("ascii")))
+
+    logger.info("binding the new account to external account %s (%s)", escape_text(kid), alg)
+    return bind
 
 
 def serve_revoke(ctx: Context, msg: dict) -> bool:

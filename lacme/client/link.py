@@ -48,6 +48,8 @@ class AccountdSigner:
         self.jwk = greeting.jwk
         self.thumbprint = greeting.jwk_thumbprint
         self.kid = greeting.kid
+        self.eab_kid = greeting.eab_kid  # accountd holds an EAB MAC key (RFC 8555 7.3.4)
+        self.eab_alg = greeting.eab_alg
 
     def _read_greeting(self) -> wire.Greeting:
         """The two CRLF lines accountd sends first (version, alg, thumbprint; JWK)."""
@@ -55,9 +57,9 @@ class AccountdSigner:
             first = self._rfile.readline(wire.MAX_LINE + 1)
             second = self._rfile.readline(wire.MAX_LINE + 1) if first else b""
         except OSError as exc:
-            raise ProtocolError(f"lacme-accountd: no greeting ({exc.strerror or 'timed out'})") from None
+            raise ProtocolError(f"{wire.PEER}: no greeting ({exc.strerror or 'timed out'})") from None
         if not first or not second:
-            raise ProtocolError("lacme-accountd: connection closed before the greeting")
+            raise ProtocolError(f"{wire.PEER}: connection closed before the greeting")
         return wire.parse_greeting(first, second)
 
     def sign(self, signing_input: bytes) -> bytes:
@@ -69,11 +71,12 @@ class AccountdSigner:
                 line = self._rfile.readline(wire.MAX_LINE + 1)
             except OSError as exc:
                 line = b""
-                reason = exc.strerror or "timed out"
+                reason = f"connection lost while signing ({exc.strerror or 'timed out'})"
             else:
-                reason = "connection closed (request refused?)"
+                # accountd refuses by closing; so does a transport that ends
+                reason = "connection closed while signing (refused, or accountd or its transport ended)"
             if not line:
-                self.broken = ProtocolError(f"lacme-accountd: {reason}")
+                self.broken = ProtocolError(f"{wire.PEER}: {reason}")
                 raise self.broken
             return wire.parse_signature(line)
 
@@ -107,6 +110,7 @@ class ControlLink:
         self._publications: dict[str, _Publication] = {}
         self.closed = threading.Event()
         self.close_reason = ""
+        self.reported = False  # an error message reached the master: it prints that line
         self._on_close: list[Any] = []
 
     def on_close(self, callback: Any) -> None:
@@ -122,6 +126,7 @@ class ControlLink:
             except OSError as exc:
                 self._mark_closed(f"control channel: {exc.strerror or 'closed'}")
                 raise ProtocolError(self.close_reason) from None
+            self.reported = self.reported or kind == "error"
 
     def start_reader(self) -> None:
         threading.Thread(target=self._read_answers, name="control-reader", daemon=True).start()

@@ -28,7 +28,7 @@ from lacme.client.link import AccountdSigner, Context, ControlLink
 from lacme.config.defaults import DEFAULT_SERVER, DEFAULT_TIMEOUT
 from lacme.core import descriptors, log
 from lacme.core.cli import ArgumentParser
-from lacme.core.errors import LacmeError, ProtocolError, UsageError
+from lacme.core.errors import LacmeError, ProtocolError, ReportedError, UsageError
 from lacme.core.record import Record
 from lacme.core.text import escape_text
 from lacme.protocol import control
@@ -153,18 +153,30 @@ def run(channel: descriptors.Channel) -> int:
         accountd_sock.close()
         link.send("error", message=str(exc))  # the master reads it after its command
         drain_command(channel)
-        raise
+        raise reported(exc) from exc
     command = receive_command(channel)
     try:
         ok = serve_command(command, settings, signer, link)
     finally:
         signer.close()
-    if link.closed.is_set():
-        raise ProtocolError(link.close_reason)
-    if signer.broken is not None:
-        logger.error("%s", signer.broken)
-    link.send("done")
+    if signer.broken is not None:  # said in the failed/error messages, printed by the master
+        logger.debug("%s", signer.broken)
+    try:
+        if link.closed.is_set():
+            raise ProtocolError(link.close_reason)
+        link.send("done")
+    except ProtocolError as exc:
+        if link.reported:  # the master has our error line and may have stopped listening
+            raise reported(exc) from exc
+        raise
     return 0 if ok else 1
+
+
+def reported(exc: LacmeError) -> ReportedError:
+    """``exc``, known to the master already (it prints the line), with its exit code."""
+    err = ReportedError(str(exc))
+    err.exit_code = exc.exit_code
+    return err
 
 
 def serve_command(command: dict, settings: ClientSettings, signer: AccountdSigner,
@@ -217,6 +229,9 @@ def run_program(argv: list[str] | None = None) -> int:
     try:
         channel = descriptors.Channel(control_socket())
         return run(channel)
+    except ReportedError as exc:  # the master prints it: one line, once
+        logger.debug("%s", exc, exc_info=args.debug)
+        return exc.exit_code
     except LacmeError as exc:
         logger.error("%s", exc, exc_info=args.debug)
         return exc.exit_code

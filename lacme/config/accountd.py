@@ -46,10 +46,13 @@ class AccountdConfig(Record):
     operations: frozenset[str] | None = None  # the signing policy (lacme.accountd.policy)
     names: tuple[str, ...] | None = None
     require_scope: bool | None = None
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None
+    eab_alg: str | None = None
 
 
 ACCOUNTD_SETTINGS = ("privkey", "gpg", "socket", "logfile", "keyid", "quiet", "origin",
-                     "operations", "names", "require-scope")
+                     "eab-kid", "eab-hmac-key", "eab-alg", "operations", "names", "require-scope")
 # What ``operations`` may list (lacme.protocol.scope.OPERATIONS, spelled out
 # here: configuration parsing does not import the protocol modules).
 POLICY_OPERATIONS = ("newOrder", "newAccount", "updateAccount", "deactivateAccount", "revokeCert")
@@ -111,6 +114,11 @@ def validate_accountd(ini: Ini) -> AccountdConfig:
     privkey, socket, logfile = get("privkey"), get("socket"), get("logfile")
     quiet, origin = get("quiet"), get("origin")
     operations, names, require_scope = get("operations"), get("names"), get("require-scope")
+    eab_key, eab_alg = get("eab-hmac-key"), get("eab-alg")
+    if eab_alg is not None:
+        parse_eab_alg(eab_alg, loc("eab-alg"))
+    if eab_key and not get("eab-kid"):
+        raise ConfigError(f"{loc('eab-hmac-key')}: needs eab-kid, the key identifier the CA gave")
     return AccountdConfig(
         privkey=check_privkey(privkey, loc("privkey")) if privkey else None,
         gpg=get("gpg"),
@@ -122,7 +130,19 @@ def validate_accountd(ini: Ini) -> AccountdConfig:
         operations=parse_operations(operations, loc("operations")) if operations else None,
         names=parse_names(names, loc("names")) if names else None,
         require_scope=parse_bool(require_scope, loc("require-scope")) if require_scope else None,
+        eab_kid=get("eab-kid"),
+        eab_hmac_key=check_specifiers(eab_key, loc("eab-hmac-key")) if eab_key else None,
+        eab_alg=eab_alg,
     )
+
+
+def parse_eab_alg(value: str, loc: str) -> str:
+    """An EAB MAC algorithm: HS256, HS384 or HS512 (RFC 7518 3.2)."""
+    from lacme.protocol.eab import ALGORITHMS
+
+    if value not in ALGORITHMS:
+        raise ConfigError(f'{loc}: expected one of {", ".join(ALGORITHMS)}: "{value}"')
+    return value
 
 
 def load_accountd_config(path: str | None, ident: Identity) -> AccountdConfig:

@@ -22,6 +22,12 @@ class LacmeError(Exception):
     exit_code = EXIT_FAILURE
 
 
+class ReportedError(LacmeError):
+    """A failure whose one line another process has printed already (a
+    component that failed said why on the stderr it shares with the master):
+    the program exits with ``exit_code`` and logs it only when debugging."""
+
+
 class UsageError(LacmeError):
     """Bad command line."""
 

@@ -70,6 +70,8 @@ class PublishGate:
         """LacmeError (the reason, logged by the caller) unless publishing is allowed."""
         if not self.pending:
             raise LacmeError("refused: no order of this run is pending")
+        if not self.thumbprint:
+            raise LacmeError("refused: no greeting from lacme-accountd, no key authorization")
         if content != f"{token}.{self.thumbprint}":
             raise LacmeError("refused: not a key authorization of this account (token.thumbprint)")
         if token not in self.tokens and len(self.tokens) >= len(self.identifiers):

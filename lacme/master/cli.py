@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--tos-agreed", action="store_true", help="agree to the terms of service")
     acc.add_argument("--register", action="store_true", help="register the account key")
     acc.add_argument("--deactivate", action="store_true", help="deactivate the account")
+    acc.add_argument("--eab-kid", metavar="KID", default="",
+                     help="with --register: bind to this external account (its MAC key is "
+                     "lacme-accountd's)")
     acc.add_argument("contact", nargs="*", metavar="CONTACT", help="e.g. mailto:admin@example.com")
 
     new = sub.add_parser(NEW_ORDER_COMMANDS[0], aliases=list(NEW_ORDER_COMMANDS[1:]),

@@ -25,6 +25,7 @@ from contextlib import ExitStack
 
 from lacme.config.defaults import run_deadline
 from lacme.config.master import AccountdSettings, ListenAddress, MasterConfig
+from lacme.config.remote import option_separator
 from lacme.config.specifiers import Identity, expand
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError
@@ -39,15 +40,17 @@ log = logging.getLogger("lacme")
 
 # ------------------------------------------------------------------ accountd
 
-def open_accountd(cfg: MasterConfig, children: Children, debug: bool) -> socket.socket:
-    """The accountd connection: spawned (``[accountd]``) or connected (``[client] socket``)."""
+def open_accountd(cfg: MasterConfig, children: Children,
+                  debug: bool) -> tuple[socket.socket, int | None]:
+    """The accountd connection: spawned (``[accountd]``, with its pid) or
+    connected (``[client] socket``, no pid)."""
     if cfg.accountd is not None:
         return spawn_accountd(cfg.accountd, cfg.client.server, children, debug)
-    return connect_accountd(cfg.client.socket)
+    return connect_accountd(cfg.client.socket), None
 
 
 def spawn_accountd(settings: AccountdSettings, server: str, children: Children,
-                   debug: bool) -> socket.socket:
+                   debug: bool) -> tuple[socket.socket, int]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     creds = resolve(settings.user, settings.group, where="[accountd]")
 
@@ -55,7 +58,7 @@ def spawn_accountd(settings: AccountdSettings, server: str, children: Children,
         # %-specifiers of [accountd] expand after the privilege drop.
         ident = Identity.current()
         items = [expand(item, ident) for item in settings.command]
-        args = [*resolve_command(items), "--stdio"]
+        args = [*resolve_command(items), *option_separator(items), "--stdio"]
         if settings.config:
             args.append("--config=" + expand(settings.config, ident))
         if settings.privkey:
@@ -71,7 +74,7 @@ def spawn_accountd(settings: AccountdSettings, server: str, children: Children,
                          setting="[accountd] command")
     theirs.close()
     log.debug("spawned lacme-accountd, pid %d", pid)
-    return ours
+    return ours, pid
 
 
 def accountd_origin(server: str) -> dict[str, str]:

@@ -38,7 +38,7 @@ import sys
 from lacme.config.defaults import DEFAULT_MASTER_CONFIG, NEW_ORDER_COMMANDS
 from lacme.config.master import load_master_config
 from lacme.config.specifiers import Identity, expand
-from lacme.core.errors import EXIT_FAILURE, ConfigError, LacmeError, UsageError
+from lacme.core.errors import EXIT_FAILURE, ConfigError, LacmeError, ReportedError, UsageError
 from lacme.core.log import exit_now
 from lacme.core.log import setup as setup_logging
 
@@ -143,6 +143,9 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return EXIT_FAILURE
+    except ReportedError as exc:  # the component that failed has said why
+        log.debug("%s", exc, exc_info=args.debug)
+        return exc.exit_code
     except LacmeError as exc:
         log.error("%s", exc, exc_info=args.debug)
         return exc.exit_code

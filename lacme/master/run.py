@@ -31,7 +31,7 @@ from typing import Any
 from lacme.config.defaults import run_deadline
 from lacme.config.master import MasterConfig
 from lacme.core.descriptors import Channel
-from lacme.core.errors import LacmeError, ProtocolError
+from lacme.core.errors import LacmeError, ProtocolError, ReportedError
 from lacme.master.challenges import ChallengeDirectory, PublishGate
 from lacme.master.children import Children, exit_status
 from lacme.master.components import (
@@ -46,11 +46,10 @@ from lacme.master.scoping import (
     account_scope,
     lookup_scope,
     orders_scope,
-    peek_greeting,
     revoke_scope,
-    send_scope,
+    scope_connection,
 )
-from lacme.protocol import control
+from lacme.protocol import control, wire
 from lacme.protocol.jws import b64u_encode
 from lacme.protocol.scope import Scope
 
@@ -63,6 +62,19 @@ class _Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, _frame: Any) -> None:
     raise _Terminated(f"signal {signum}")
+
+
+def client_settings(cfg: MasterConfig) -> dict[str, Any]:
+    """The [client] settings that hello carries."""
+    c = cfg.client
+    return {
+        "server": c.server,
+        "timeout": c.timeout,
+        "SSL_verify": c.ssl_verify,
+        "SSL_version": c.ssl_version,
+        "SSL_cipher_list": c.ssl_cipher_list,
+        "SSL_ca_file": c.ssl_ca_file,
+    }
 
 
 class ClientSession:
@@ -79,6 +91,7 @@ class ClientSession:
         self.challenges: ChallengeDirectory | None = None
         self.channel: Channel | None = None
         self.client_pid: int | None = None
+        self.accountd_pid: int | None = None  # when this run spawned it
         self.aborting = False
         self.children = Children()
         self.webservers: Webservers | None = None  # until every one is ready
@@ -96,7 +109,7 @@ class ClientSession:
             if self.with_challenges:
                 self.challenges, self.webservers = open_challenges(
                     self.cfg, self.children, self.stack, self.debug)
-            self.accountd = open_accountd(self.cfg, self.children, self.debug)
+            self.accountd, self.accountd_pid = open_accountd(self.cfg, self.children, self.debug)
             # Kept until the end and then shut down, so that accountd sees the
             # end at once instead of after the client's exit.
             self.stack.callback(shutdown_quietly, self.accountd)
@@ -118,17 +131,12 @@ class ClientSession:
         """Scope accountd's connection for the command, then hand it to the
         client: the scope is written before the client can write anything."""
         assert self.channel is not None and self.accountd is not None
-        try:
-            greeting = peek_greeting(self.accountd, run_deadline(self.cfg.client.timeout))
-            send_scope(self.accountd, greeting, scope)
-            hello = control.encode_message(
-                "hello", version=control.VERSION, settings=self._client_settings(), debug=self.debug
-            )
-            self.channel.send(hello, fd=self.accountd.fileno())
-        except BaseException as exc:
-            self.aborting = isinstance(exc, KeyboardInterrupt)
-            raise
-        self.gate = PublishGate(greeting.jwk_thumbprint)
+        greeting = scope_connection(self.accountd, scope, run_deadline(self.cfg.client.timeout))
+        hello = control.encode_message(
+            "hello", version=control.VERSION, settings=client_settings(self.cfg), debug=self.debug
+        )
+        self.channel.send(hello, fd=self.accountd.fileno())
+        self.gate = PublishGate(greeting.jwk_thumbprint if greeting else "")
 
     def cancel(self) -> None:
         """No command will be sent: the children are told to stop at the end."""
@@ -144,24 +152,10 @@ class ClientSession:
         old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.stack.callback(signal.signal, signal.SIGPIPE, old_pipe)
 
-    def _client_settings(self) -> dict[str, Any]:
-        c = self.cfg.client
-        return {
-            "server": c.server,
-            "timeout": c.timeout,
-            "SSL_verify": c.ssl_verify,
-            "SSL_version": c.ssl_version,
-            "SSL_cipher_list": c.ssl_cipher_list,
-            "SSL_ca_file": c.ssl_ca_file,
-        }
-
     # ------------------------------------------------------------- commands
     def account(self, **fields: Any) -> dict[str, Any]:
         assert self.channel is not None
-        self._hello(account_scope(self.cfg.client.server, register=bool(fields.get("register")),
-                                  tos_agreed=bool(fields.get("tos_agreed")),
-                                  deactivate=bool(fields.get("deactivate")),
-                                  contact=fields.get("contact")))
+        self._hello(account_scope(self.cfg.client.server, fields))
         self.channel.send(control.encode_message("account", **fields))
         reply: dict[str, Any] | None = None
         for msg in self._messages():
@@ -169,8 +163,6 @@ class ClientSession:
                 reply = msg
             elif msg["type"] == "publish":  # refused: no order is pending
                 self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
-            elif msg["type"] == "error":
-                raise LacmeError(str(msg.get("message", "account request failed")))
             elif msg["type"] == "done":
                 break
         if reply is None:
@@ -224,8 +216,6 @@ class ClientSession:
                 results[msg["id"]] = True if refused is None else refused
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "error":  # the whole command failed: one line says why
-                raise LacmeError(str(msg.get("message", "the ACME client failed")))
             elif kind == "done":
                 break
         return results
@@ -262,8 +252,6 @@ class ClientSession:
                 self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "error":  # one line says why
-                raise LacmeError(str(msg.get("message", "the ACME client failed")))
             elif kind == "done":
                 break
         return results
@@ -286,8 +274,14 @@ class ClientSession:
         self.channel.send(answer)
 
     def _messages(self) -> Iterator[dict[str, Any]]:
-        """Messages from the client until it ends the conversation."""
+        """Messages from the client until it ends the conversation.
+
+        ``error`` (the whole command failed) is raised, but only once the
+        client has ended the conversation (``done``, or its end after an error
+        it met before the command): the client, which has said why, then sees
+        no closed channel to report as a second error."""
         assert self.channel is not None
+        failure: str | None = None
         while True:
             if (self.webservers is not None and not self.channel.has_line()
                     and self.webservers.wait(until_readable=self.channel.sock)):
@@ -295,13 +289,33 @@ class ClientSession:
             try:
                 line, _ = self.channel.recv_line(control.MAX_LINE)
             except TimeoutError:
+                if failure is not None:
+                    raise self._failed(failure) from None
                 raise LacmeError("the ACME client stopped answering") from None
+            if line is None and failure is not None:
+                raise self._failed(failure)
             if line is None:
                 raise LacmeError("the ACME client ended unexpectedly" + self._client_status())
             try:
-                yield control.decode_message(line, control.CLIENT_TYPES)
+                msg = control.decode_message(line, control.CLIENT_TYPES)
             except ProtocolError as exc:
                 raise LacmeError(f"the ACME client: {exc}") from None
+            if msg["type"] == "error":
+                failure = str(msg.get("message") or "the ACME client failed")
+            elif msg["type"] == "done" and failure is not None:
+                raise self._failed(failure)
+            else:
+                yield msg
+
+    def _failed(self, message: str) -> LacmeError:
+        """The client's one line about a failed command.  When it is about the
+        accountd this run spawned and that accountd exited with an error, the
+        accountd has said why already, on the stderr it shares with us."""
+        if self.accountd_pid is not None and message.startswith(wire.PEER + ":"):
+            status = exit_status(self.accountd_pid, wait=0.5)
+            if status and status != " (exit status 0)":
+                return ReportedError(message + status)
+        return LacmeError(message)
 
     def _client_status(self) -> str:
         """How the spawned client ended, e.g. " (killed by signal 9)", if it has."""

@@ -18,6 +18,7 @@ import select
 import socket
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from lacme.core.errors import LacmeError, ProtocolError
 from lacme.core.log import VERBOSE
@@ -30,8 +31,10 @@ log = logging.getLogger("lacme")
 _PEEK_LIMIT = 2 * wire.MAX_LINE
 
 
-def peek_greeting(sock: socket.socket, timeout: float) -> wire.Greeting:
-    """accountd's greeting, left in the socket for the client."""
+def peek_greeting(sock: socket.socket, timeout: float) -> wire.Greeting | None:
+    """accountd's greeting, left in the socket for the client; None when the
+    connection ends or is garbled before it: the client then reads that end
+    and reports it in the one line of the run, as without scopes."""
     deadline = time.monotonic() + timeout
     seen = -1
     while True:
@@ -42,22 +45,31 @@ def peek_greeting(sock: socket.socket, timeout: float) -> wire.Greeting:
             continue
         try:
             data = sock.recv(_PEEK_LIMIT + 1, socket.MSG_PEEK)
-        except OSError as exc:
-            raise LacmeError(f"lacme-accountd: {exc.strerror or exc}") from None
+        except OSError:
+            return None
         if not data:
-            raise LacmeError("lacme-accountd: connection closed before the greeting")
+            return None
         end = data.find(b"\r\n")
         end2 = data.find(b"\r\n", end + 2) if end >= 0 else -1
         if end2 >= 0:
             try:
                 return wire.parse_greeting(data[:end + 2], data[end + 2:end2 + 2])
-            except ProtocolError as exc:
-                raise LacmeError(str(exc)) from None
+            except ProtocolError:
+                return None
         if len(data) > _PEEK_LIMIT:
-            raise LacmeError("lacme-accountd: greeting too long")
+            return None
         if len(data) == seen:  # a peek returns what is there at once: wait for more
             time.sleep(0.002)
         seen = len(data)
+
+
+def scope_connection(sock: socket.socket, scope: sc.Scope, timeout: float) -> wire.Greeting | None:
+    """Peek at the greeting and write ``scope`` when accountd takes scopes;
+    the greeting (None: the connection is unusable, the client will say so)."""
+    greeting = peek_greeting(sock, timeout)
+    if greeting is not None:
+        send_scope(sock, greeting, scope)
+    return greeting
 
 
 def send_scope(sock: socket.socket, greeting: wire.Greeting, scope: sc.Scope) -> bool:
@@ -92,19 +104,20 @@ def orders_scope(server: str, orders: Iterable[tuple[Sequence[str | tuple[str, s
                     identifiers=frozenset(identifiers), csr_digests=frozenset(digests))
 
 
-def account_scope(server: str, *, register: bool, tos_agreed: bool, deactivate: bool,
-                  contact: Sequence[str] | None) -> sc.Scope:
-    """The account command's operations: registration (then, for an account
-    that exists, the contact update), the contact update, the deactivation."""
+def account_scope(server: str, fields: dict[str, Any]) -> sc.Scope:
+    """The account command's operations (``fields``: its control message):
+    registration (then, for an account that exists, the contact update), the
+    contact update, the deactivation."""
+    contact = tuple(fields.get("contact") or ())
     ops = set()
-    if register:
+    if fields.get("register"):
         ops.add(sc.NEW_ACCOUNT)
     if contact:
         ops.add(sc.UPDATE_ACCOUNT)
-    if deactivate:
+    if fields.get("deactivate"):
         ops.add(sc.DEACTIVATE_ACCOUNT)
-    return sc.Scope(origin=_origin(server), operations=frozenset(ops),
-                    contact=tuple(contact or ()), tos=tos_agreed)
+    return sc.Scope(origin=_origin(server), operations=frozenset(ops), contact=contact,
+                    tos=bool(fields.get("tos_agreed")))
 
 
 def revoke_scope(server: str, certificates: Iterable[bytes], reason: int | None) -> sc.Scope:

@@ -7,7 +7,8 @@ master (``hello``) carries the accountd connection as SCM_RIGHTS.
 
 Master -> client
     hello    {"version": 1, "settings": {...[client] settings...}, "debug": bool}
-    account  {"register", "tos_agreed", "deactivate": bool, "contact": [str] | null}
+    account  {"register", "tos_agreed", "deactivate": bool, "contact": [str] | null,
+              "eab_kid": str | null (External Account Binding, with register)}
     orders   {"orders": [{"id": str, "identifiers": [{"type", "value"}], "csr": b64url(DER),
                           "replaces": str?, "profile": str?, "alternates": bool?}]}
              replaces: RFC 9773 certificate ID (the order is retried once without
@@ -20,7 +21,7 @@ Master -> client
 Client -> master
     publish    {"token": str, "content": str}   master writes the challenge file
     unpublish  {"token": str}                   master removes it
-    account    {"account": {...}, "location": str}
+    account    {"account": {...}, "location": str, "jwk_thumbprint": str, "kid": str}
     certificate {"id": str, "pem": str, "alternates": [str]?, "replaces_dropped": str?}
     renewal_info {"id": str, "supported": bool, "info": {...}?, "retry_after": float?}
                                                 the raw renewalInfo object, validated by

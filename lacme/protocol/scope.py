@@ -18,7 +18,8 @@ RFC 8555 resource it is for (each resource requires its own member):
 POST-as-GET (6.3, empty payload), a challenge response ``{}`` (7.5.1),
 the account lookup ``onlyReturnExisting`` (7.3.1), newAccount (7.3),
 an account update (7.3.2) or deactivation (7.3.6), keyChange (7.3.5, a
-JWS as payload), newOrder (7.4), finalize (7.4) and revokeCert (7.6).
+JWS as payload), newOrder (7.4), finalize (7.4) and revokeCert (7.6); an
+External Account Binding's MAC (7.3.4) goes with newAccount.
 Anything else is ``other``.  ``refusal`` says why a scope does not cover
 an operation; the lookup and POST-as-GET are always covered (renewalInfo,
 RFC 9773, is not signed at all).
@@ -33,6 +34,7 @@ from typing import Any, NamedTuple
 
 from lacme.core.record import Record
 from lacme.protocol import jws
+from lacme.protocol.eab import is_binding
 from lacme.protocol.wire import Refused, decode_object
 
 SCOPE_VERSION = 1
@@ -49,14 +51,17 @@ POST_AS_GET = "POST-as-GET"
 CHALLENGE = "challenge"
 LOOKUP = "lookup"
 FINALIZE = "finalize"
+BINDING = "externalAccountBinding"  # the MAC of RFC 8555 7.3.4, made for a registration
 KEY_CHANGE = "keyChange"
 OTHER = "other"
 ALWAYS = frozenset({POST_AS_GET, LOOKUP})
 # What each scope operation brings along with it.
-IMPLIES = {NEW_ORDER: frozenset({NEW_ORDER, CHALLENGE, FINALIZE})}
+IMPLIES = {NEW_ORDER: frozenset({NEW_ORDER, CHALLENGE, FINALIZE}),
+           NEW_ACCOUNT: frozenset({NEW_ACCOUNT, BINDING})}
 
 _ORDER_MEMBERS = frozenset({"identifiers", "notBefore", "notAfter", "replaces", "profile"})
-_REGISTER_MEMBERS = frozenset({"contact", "termsOfServiceAgreed", "onlyReturnExisting"})
+_REGISTER_MEMBERS = frozenset({"contact", "termsOfServiceAgreed", "onlyReturnExisting",
+                               "externalAccountBinding"})
 _JWS_MEMBERS = frozenset({"protected", "payload", "signature"})
 
 
@@ -214,6 +219,8 @@ def _is_reason(value: Any) -> bool:
 def classify(header: dict, body: dict | None) -> Operation:
     """What a signing input asks for: ``header`` is its protected header,
     ``body`` its decoded payload (None for POST-as-GET)."""
+    if is_binding(header):  # its payload is the account's JWK (lacme.protocol.eab)
+        return Operation(BINDING)
     members = set(body or ())
     if "jwk" in header:  # RFC 8555 6.2: only newAccount and revokeCert are signed with the JWK
         if "certificate" in members:
@@ -224,6 +231,8 @@ def classify(header: dict, body: dict | None) -> Operation:
             return Operation(LOOKUP) if members == {"onlyReturnExisting"} else Operation(OTHER)
         contact = body.get("contact", [])
         tos = body.get("termsOfServiceAgreed", False)
+        if "externalAccountBinding" in members and not isinstance(body["externalAccountBinding"], dict):
+            return Operation(OTHER)
         if "onlyReturnExisting" in members or not _string_list(contact) or not isinstance(tos, bool):
             return Operation(OTHER)
         return Operation(NEW_ACCOUNT, contact=tuple(contact), tos=tos)

@@ -2,10 +2,10 @@
 
 Spoken between lacme-accountd (which holds the account key) and the
 unprivileged ACME client, over a UNIX socket, a socket pair or ssh;
-compatible with Debian's lacme-accountd 0.8.2 both ways (its greeting has
-the same members, ours one more that its client ignores).  No I/O here.
+compatible with Debian's lacme-accountd 0.8.2 both ways (our greeting has
+its members, and extensions that its client ignores).  No I/O here.
 
-    server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, scope]} CRLF
+    server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, eab-kid, eab-alg][, scope]} CRLF
             canonical JWK CRLF                 ("{}" when a key id is set)
     master: [ scope ]                          (extension, see below)
     client: b64u(protected) "." b64u(payload) CRLF     (one per request)
@@ -24,6 +24,12 @@ a connection whose first line is not a scope.  Nothing answers the scope;
 a request outside it is refused by closing, as any refused request.  A
 line is a scope when it starts with "{", which base64url never does.
 
+``eab-kid`` and ``eab-alg`` (an extension; Debian's lacme-accountd 0.8.2
+sends neither and its clients ignore them) say that this accountd holds an
+External Account Binding MAC key (RFC 8555 7.3.4, lacme.protocol.eab): a
+request whose protected header has that MAC ``alg`` is the binding's signing
+input, answered with its MAC.
+
 The server signs the request line itself, the JWS signing input of RFC 7515
 section 5.1.  ``parse_sign_request`` is what stands between the client and
 the account key: it accepts only well-formed RFC 8555 section 6.2 protected
@@ -39,9 +45,10 @@ from typing import Any, NamedTuple
 from lacme.core.errors import ProtocolError
 from lacme.core.origin import origin_of
 from lacme.core.record import Record
-from lacme.protocol import jws
+from lacme.protocol import eab, jws
 
 PROTOCOL_VERSION = 1
+PEER = "lacme-accountd"  # how the client names accountd, first in its error lines
 # The environment variable through which a master pins the accountd it
 # spawns to the CA's origin (accountd then refuses to sign for any other).
 ORIGIN_VARIABLE = "LACME_ACCOUNTD_ORIGIN"
@@ -63,6 +70,8 @@ class Greeting(Record):
     kid: str | None
     jwk: dict  # {} when kid is set
     scope: int = 0  # the scope version this accountd enforces (0: none, as Perl's 0.8.2)
+    eab_kid: str | None = None  # the EAB key identifier, when accountd holds a MAC key
+    eab_alg: str | None = None
 
 
 class SignRequest(NamedTuple):
@@ -90,6 +99,9 @@ def encode_greeting(g: Greeting) -> bytes:
         extra["kid"] = g.kid
     if g.scope:
         extra["scope"] = g.scope
+    if g.eab_kid is not None:
+        extra["eab-kid"] = g.eab_kid
+        extra["eab-alg"] = g.eab_alg or eab.DEFAULT_ALGORITHM
     jwk = b"{}" if g.kid is not None else jws.canonical_json(g.jwk)
     return b"%d OK " % PROTOCOL_VERSION + jws.canonical_json(extra) + CRLF + jwk + CRLF
 
@@ -123,10 +135,15 @@ def parse_greeting(first_line: bytes, jwk_line: bytes) -> Greeting:
         raise ProtocolError("accountd: empty JWK and no kid")
     if not thumbprint:
         raise ProtocolError("accountd: no jwk-thumbprint")
+    eab_kid = _optional_str(extra, "eab-kid") or None
+    eab_alg = _optional_str(extra, "eab-alg") or (eab.DEFAULT_ALGORITHM if eab_kid else None)
+    if eab_alg is not None and eab_alg not in eab.ALGORITHMS:
+        raise ProtocolError(f"accountd: unsupported eab-alg {eab_alg!r}")
     scope = extra.get("scope", 0)
     if not isinstance(scope, int) or isinstance(scope, bool) or scope < 0:
         raise ProtocolError("accountd: greeting scope is not a version number")
-    return Greeting(alg=alg, jwk_thumbprint=thumbprint, kid=kid, jwk=jwk, scope=scope)
+    return Greeting(alg=alg, jwk_thumbprint=thumbprint, kid=kid, jwk=jwk, eab_kid=eab_kid,
+                    eab_alg=eab_alg, scope=scope)
 
 
 def _check_jwk(jwk: dict, alg: str) -> None:
@@ -145,7 +162,8 @@ def encode_sign_request(signing_input: str) -> bytes:
 
 
 def parse_sign_request(
-    line: bytes, *, alg: str, jwk: dict, kid: str | None, origin: str | None
+    line: bytes, *, alg: str, jwk: dict, kid: str | None, origin: str | None,
+    binding: tuple[str, str] | None = None,
 ) -> SignRequest:
     """Accept ``line`` (CRLF included) for signing, or raise Refused.
 
@@ -165,9 +183,29 @@ def parse_sign_request(
     header_raw = _b64u(match.group(1), "protected header")
     payload = _b64u(match.group(2), "payload")
     header = decode_object(header_raw, "protected header", Refused)
+    if eab.is_binding(header):
+        _check_binding(header, payload, jwk=jwk, binding=binding, origin=origin)
+        return SignRequest(signing_input=line[:-2], header=header, payload=payload,
+                           body=decode_object(payload, "payload", Refused))
     _check_header(header, alg=alg, jwk=jwk, kid=kid, origin=origin)
     body = decode_object(payload, "payload", Refused) if payload else None
     return SignRequest(signing_input=line[:-2], header=header, payload=payload, body=body)
+
+
+def _check_binding(header: dict, payload: bytes, *, jwk: dict, binding: tuple[str, str] | None,
+                   origin: str | None) -> None:
+    """An External Account Binding request (``binding``: the MAC key's
+    (alg, kid)): for this account key's JWK, on the pinned origin."""
+    if binding is None:
+        raise Refused("External Account Binding requested, and no MAC key is configured")
+    if not jwk:
+        raise Refused("External Account Binding requested, and a key id is configured")
+    try:
+        eab.check_binding(header, payload, alg=binding[0], kid=binding[1], jwk=jwk)
+    except eab.BindingError as exc:
+        raise Refused(str(exc)) from None
+    if origin is not None:
+        _check_origin(header["url"], origin)
 
 
 def _check_header(header: dict, *, alg: str, jwk: dict, kid: str | None, origin: str | None) -> None:

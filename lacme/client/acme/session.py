@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -171,6 +171,11 @@ class SignedSession:
             raise AcmeError(f"{escape_text(self.directory_url, 200)}: no {name!r} resource in the directory")
         return self.check_url(url, f"directory {name}")
 
+    def external_account_required(self) -> bool:
+        """meta.externalAccountRequired (RFC 8555 7.1.1)."""
+        meta = self.directory().get("meta")
+        return isinstance(meta, dict) and meta.get("externalAccountRequired") is True
+
     def terms_of_service(self) -> str | None:
         """meta.termsOfService, if the directory has one."""
         meta = self.directory().get("meta")
@@ -209,9 +214,10 @@ class AcmeSession(SignedSession):
 
     def new_account(
         self, *, contact: Iterable[str] | None = None, tos_agreed: bool = False,
-        only_existing: bool = False,
+        only_existing: bool = False, binding: Callable[[str], dict] | None = None,
     ) -> Account:
-        """newAccount signed with the JWK (7.3, 7.3.1); sets ``kid`` from the Location header."""
+        """newAccount signed with the JWK (7.3, 7.3.1); sets ``kid`` from the Location header.
+        ``binding(url)`` gives the externalAccountBinding JWS (7.3.4) for newAccount's url."""
         url = self.resource("newAccount")
         payload: dict[str, Any] = {}
         if only_existing:
@@ -221,6 +227,8 @@ class AcmeSession(SignedSession):
                 payload["contact"] = list(contact)
             if tos_agreed:
                 payload["termsOfServiceAgreed"] = True
+            if binding is not None:
+                payload["externalAccountBinding"] = binding(url)
         response, body = self.post_json(url, payload, use_jwk=True)
         location = response.headers.get("Location")
         if not location:
