@@ -154,3 +154,14 @@ def test_budget_grows_with_the_identifiers():
     small = sc.Scope(identifiers=frozenset({("dns", "a.example")}))
     large = sc.Scope(identifiers=frozenset({("dns", f"{i}.example") for i in range(10)}))
     assert 64 < small.signature_budget() < large.signature_budget() < 1000
+
+
+def test_an_external_account_binding_goes_with_registration_only():
+    header = {"alg": "HS256", "kid": "kid-0", "url": "https://ca.example/new-acct"}
+    op = sc.classify(header, JWK)
+    assert op.kind == sc.BINDING
+    assert sc.refusal(sc.Scope(operations=frozenset({sc.NEW_ACCOUNT})), op) is None
+    assert sc.refusal(sc.Scope(operations=frozenset({sc.NEW_ORDER})), op)
+    register = sc.classify({"jwk": JWK}, {"termsOfServiceAgreed": True,
+                                          "externalAccountBinding": {"protected": "e30"}})
+    assert register.kind == sc.NEW_ACCOUNT and register.tos
