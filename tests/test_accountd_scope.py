@@ -173,3 +173,14 @@ def test_bad_policy_settings_are_one_line_errors(conf, setting, value, message):
     done = run_ours("--stdio", f"--config={conf}")
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_scope_for_many_orders_is_longer_than_a_request(conf):
+    names = [f"www-{i:04d}.example.org" for i in range(3000)]
+    line = order_scope(*names)
+    assert len(line) > wire.MAX_LINE
+    d = ours(f"--config={conf}")
+    send(d, line)
+    assert d.request(order_line(names[-1]))
+    rc, err = d.finish()
+    assert rc == 0 and "NOSIGN" not in err

@@ -28,6 +28,7 @@ from lacme.core import descriptors, log
 from lacme.core.errors import LacmeError
 from lacme.core.text import escape_text
 from lacme.protocol import jws, wire
+from lacme.protocol.scope import MAX_SCOPE_LINE
 
 NAME = "lacme-accountd"  # the program, its logger and its journal identifier
 LISTEN_BACKLOG = 16
@@ -57,7 +58,8 @@ def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: 
         wfile.write(signer.greeting())
         wfile.flush()
         while True:
-            line = rfile.readline(wire.MAX_LINE + 1)
+            # The first line may be a scope, which grows with the run's orders.
+            line = rfile.readline((MAX_SCOPE_LINE if guard.lines == 0 else wire.MAX_LINE) + 1)
             if not line:
                 return
             try:

@@ -78,8 +78,11 @@ def send_scope(sock: socket.socket, greeting: wire.Greeting, scope: sc.Scope) ->
         log.log(VERBOSE, "lacme-accountd does not announce scopes (Debian's 0.8.2?): "
                     "it cannot narrow what it signs for this run")
         return False
+    line = sc.encode_scope(scope)
+    if len(line) > sc.MAX_SCOPE_LINE:
+        raise LacmeError(f"too many orders for one run: their scope is over {sc.MAX_SCOPE_LINE} octets")
     try:
-        sock.sendall(sc.encode_scope(scope))
+        sock.sendall(line)
     except OSError as exc:
         raise LacmeError(f"lacme-accountd: cannot send the scope: {exc.strerror or exc}") from None
     return True

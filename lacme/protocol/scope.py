@@ -39,6 +39,8 @@ from lacme.protocol.wire import Refused, decode_object
 
 SCOPE_VERSION = 1
 SCOPE_MEMBER = "lacme-scope"
+# octets, CRLF included: room for thousands of orders (a signing input has wire.MAX_LINE)
+MAX_SCOPE_LINE = 4 * 1024 * 1024
 
 # Operation kinds.  The first five are those a scope or a policy names.
 NEW_ORDER = "newOrder"  # with its challenge responses and finalize
@@ -154,6 +156,8 @@ def parse_scope(line: bytes) -> Scope:
     """The scope in ``line`` (CRLF included), or Refused."""
     if not line.endswith(b"\r\n") or b"\n" in line[:-2]:
         raise Refused("scope: not one CRLF-terminated line")
+    if len(line) > MAX_SCOPE_LINE:
+        raise Refused(f"scope: longer than {MAX_SCOPE_LINE} octets")
     obj = decode_object(line[:-2], "scope", Refused)
     if obj.get(SCOPE_MEMBER) != SCOPE_VERSION:
         raise Refused(f"scope: {SCOPE_MEMBER} is not {SCOPE_VERSION}")
