@@ -19,13 +19,13 @@ PACKAGES=(
     pebble lacme lacme-accountd libcrypt-openssl-rsa-perl
     libsystemd-dev pkg-config systemd-container iptables openssl gnupg
     python3-venv python3-dev python3-pip gcc make iproute2
-    nginx-light apache2 mandoc groff-base man-db debootstrap openssh-server openssh-client
+    nginx-light apache2 mandoc groff-base man-db debootstrap
+    openssh-server openssh-client
 )
 # Test peers that are daemons: the tests start instances of their own on
 # loopback ports.  Installing them must not start them on this machine's
 # port 80 (nginx and apache2 would even compete for it) nor enable them for
 # the next boot; a machine that already had them keeps them as they were.
-# sshd is the fleet test's peer (accountd as an authorized_keys forced command).
 PEER_DAEMONS=(nginx-light:nginx apache2:apache2 openssh-server:ssh)
 POLICY_RC_D=${LACME_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 

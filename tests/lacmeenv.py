@@ -52,6 +52,51 @@ def public_dir() -> Path:
     return path
 
 
+@dataclass
+class DebianLacme:
+    """A configuration of Debian's Perl ``lacme`` master (0.8.2) for one
+    Pebble and one section ``[www]``, in a directory every user can traverse."""
+
+    root: Path
+    conf: Path
+    certs: Path
+    name: str
+
+    @property
+    def certificate(self) -> Path:
+        return self.root / "www.crt"
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/usr/sbin/lacme", f"--config={self.conf}", *args, "newOrder",
+                               f"--config-certs={self.certs}"],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def debian_lacme(pebble: object, accountd_command: str | None = None) -> DebianLacme:
+    """``[accountd] command`` when given; else the master needs ``--socket``."""
+    pub = public_dir()
+    tls_ca = pub / "tls-ca.pem"
+    tls_ca.write_bytes(Path(pebble.tls_ca_file).read_bytes())  # type: ignore[attr-defined] # a tests.pebble.Pebble
+    tls_ca.chmod(0o644)
+    root = pub / "root.pem"
+    root.write_bytes(pebble.root_pem())  # type: ignore[attr-defined] # the same
+    name = unique_name()
+    key = write_key(pub / "svc.key")
+    lines = ["[client]", f"server = {pebble.directory_url}",  # type: ignore[attr-defined] # the same
+             f"command = /usr/bin/env PERL_LWP_SSL_CA_FILE={tls_ca} /usr/libexec/lacme/client",
+             "[webserver]", f"listen = 127.0.0.1:{pebble.http_port}"]  # type: ignore[attr-defined] # the same
+    if accountd_command:
+        lines += ["[accountd]", f"command = {accountd_command}"]
+    conf = pub / "lacme.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    certs = pub / "certs.conf"
+    certs.write_text(
+        f"[www]\ncertificate-key = {key}\ncertificate = {pub / 'www.crt'}\n"
+        f"subject = /CN={name}\nsubjectAltName = DNS:{name}\nCAfile = {root}\n"
+    )
+    return DebianLacme(root=pub, conf=conf, certs=certs, name=name)
+
+
 def load_chain(path: Path) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(path.read_bytes())
 
@@ -145,13 +190,20 @@ class LacmeSetup:
         self.sections[name] = section
         return section
 
-    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
-            socket: str | None = None) -> subprocess.CompletedProcess[str]:
+    def master_argv(self, socket: str | None = None) -> list[str]:
+        """The master of this tree with this configuration (command arguments follow)."""
         argv = [sys.executable, "-m", "lacme.master", f"--config={self.conf}"]
         if socket:
             argv.append(f"--socket={socket}")
+        return argv
+
+    def master_env(self, env: dict[str, str] | None = None) -> dict[str, str]:
         environ = dict(os.environ)
         environ["PYTHONPATH"] = str(TREE_ROOT)
         environ.update(env or {})
-        return subprocess.run(argv + list(args), capture_output=True, text=True,
-                              timeout=timeout, env=environ, cwd=str(self.root))
+        return environ
+
+    def run(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
+            socket: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.master_argv(socket) + list(args), capture_output=True, text=True,
+                              timeout=timeout, env=self.master_env(env), cwd=str(self.root))

@@ -232,7 +232,9 @@ def wait_for_port(port: int, process: subprocess.Popen, log_path: Path, deadline
 
 
 def start_challtestsrv(workdir: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
-    """A DNS server answering every A query with 127.0.0.1 (and no AAAA)."""
+    """A DNS server answering every A query with 127.0.0.1 (and no AAAA);
+    the port of its management API is kept in ``challtestsrv.port`` (see
+    ``Pebble.add_a``)."""
     dns_port, mgmt_port = free_port(), free_port()
     argv = [
         CHALLTESTSRV, "-http01", "", "-https01", "", "-tlsalpn01", "",
@@ -246,6 +248,7 @@ def start_challtestsrv(workdir: Path, log_path: Path) -> tuple[subprocess.Popen,
     except PebbleError:
         stop_process(process)
         raise
+    (workdir / "challtestsrv.port").write_text(str(mgmt_port))
     return process, dns_port
 
 
@@ -277,6 +280,19 @@ class Pebble:
         try:
             with urllib.request.urlopen(url, context=self.ssl_context(), timeout=10) as response:
                 return response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise PebbleError(f"{url}: {exc}") from exc
+
+    def add_a(self, name: str, address: str) -> None:
+        """Have the VA's DNS (challtestsrv) answer ``name`` with ``address``
+        (a loopback address: several "hosts" on one machine, each with a web
+        server on the same http-01 port of an address of its own)."""
+        port = (Path(self.log_path).parent / "challtestsrv.port").read_text().strip()
+        url = f"http://127.0.0.1:{port}/add-a"
+        body = json.dumps({"host": name, "addresses": [address]}).encode()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as r:
+                r.read()
         except (urllib.error.URLError, OSError) as exc:
             raise PebbleError(f"{url}: {exc}") from exc
 

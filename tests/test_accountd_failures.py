@@ -113,6 +113,8 @@ def test_account_with_keyid_deactivate_has_no_spurious_line(setup, pebble):
     (["ssh", "host", "--", "lacme-accountd"], ()),
     (["lacme-accountd"], ()),
     (["sudo", "-u", "x", "lacme-accountd"], ()),
+    (["ip", "netns", "exec", "ns1", "ssh", "-T", "signer@host"], ("--",)),
+    (["sudo", "-u", "x", "/usr/bin/ssh", "host", "lacme-accountd"], ()),
 ])
 def test_option_separator(command, separator):
     assert option_separator(command) == separator

@@ -148,7 +148,7 @@ def test_policy_operations_limit_every_connection(conf, how):
         {sc.DEACTIVATE_ACCOUNT, sc.NEW_ORDER}))))
     refused(d, DEACTIVATE, "not allowed by this accountd's operations")
     d = ours(f"--config={conf}", *args)
-    refused(d, KEY_CHANGE, "keyChange is not allowed")
+    refused(d, KEY_CHANGE, "keyChange is not allowed")  # not listed
 
 
 def test_policy_names_exact_and_suffix(conf):
@@ -162,7 +162,7 @@ def test_policy_names_exact_and_suffix(conf):
 
 
 @pytest.mark.parametrize("setting,value,message", [
-    ("operations", "keyChange", 'unknown operation "keyChange"'),
+    ("operations", "rollover", 'unknown operation "rollover"'),
     ("names", "*.example.org", 'not a name or a ".suffix"'),
     ("require-scope", "maybe", "require-scope"),
 ])

@@ -401,39 +401,16 @@ def test_interop_our_master_with_debian_accountd(setup, tmp_path):
 
 
 def test_interop_debian_lacme_with_our_accountd(pebble, tmp_path, registered_key):
-    from tests.lacmeenv import public_dir
+    from tests.lacmeenv import debian_lacme
 
-    pub = public_dir()
-    tls_ca = pub / "tls-ca.pem"
-    tls_ca.write_bytes(Path(pebble.tls_ca_file).read_bytes())
-    tls_ca.chmod(0o644)
-    root = pub / "root.pem"
-    root.write_bytes(pebble.root_pem())
-    name = unique_name()
-    key = write_key(pub / "svc.key")
-    conf = pub / "lacme.conf"
-    conf.write_text(
-        "[client]\n"
-        f"server = {pebble.directory_url}\n"
-        f"command = /usr/bin/env PERL_LWP_SSL_CA_FILE={tls_ca} /usr/libexec/lacme/client\n"
-        "[webserver]\n"
-        f"listen = 127.0.0.1:{pebble.http_port}\n"
-    )
-    certs = pub / "certs.conf"
-    certs.write_text(
-        f"[www]\ncertificate-key = {key}\ncertificate = {pub / 'www.crt'}\n"
-        f"subject = /CN={name}\nsubjectAltName = DNS:{name}\nCAfile = {root}\n"
-    )
+    perl = debian_lacme(pebble)
     proc = start_accountd(registered_key, tmp_path / "run")
-    sock = str(tmp_path / "run" / "S.lacme")
     try:
-        done = subprocess.run(["/usr/sbin/lacme", f"--config={conf}", f"--socket={sock}",
-                               "newOrder", f"--config-certs={certs}"],
-                              capture_output=True, text=True, timeout=120)
+        done = perl.run(f"--socket={tmp_path / 'run' / 'S.lacme'}")
     finally:
         stop(proc)
     assert done.returncode == 0, done.stderr
-    assert san_names(load_chain(pub / "www.crt")[0]) == {name}
+    assert san_names(load_chain(perl.certificate)[0]) == {perl.name}
 
 
 def test_missing_account_key_is_one_clear_error(setup, pebble):

@@ -165,3 +165,14 @@ def test_an_external_account_binding_goes_with_registration_only():
     register = sc.classify({"jwk": JWK}, {"termsOfServiceAgreed": True,
                                           "externalAccountBinding": {"protected": "e30"}})
     assert register.kind == sc.NEW_ACCOUNT and register.tos
+
+
+def test_rollover_requests_of_the_new_key_are_keychange_and_lookup():
+    new = {"kty": "EC", "crv": "P-256", "x": "bmV3", "y": "a2V5"}
+    inner = sc.classify({"alg": "ES256", "jwk": new, "url": "https://ca.example/key-change"},
+                        {"account": "https://ca.example/acct/1", "oldKey": JWK}, new_jwk=new)
+    lookup = sc.classify({"jwk": new}, {"onlyReturnExisting": True}, new_jwk=new)
+    assert inner.kind == sc.KEY_CHANGE and lookup.kind == sc.LOOKUP
+    rollover = sc.Scope(operations=frozenset({sc.KEY_CHANGE}))
+    assert sc.refusal(rollover, inner) is None
+    assert sc.refusal(sc.Scope(operations=frozenset({sc.NEW_ORDER})), inner)

@@ -131,6 +131,7 @@ class Signer(Record):
     keyid: str | None
     origin: str | None
     mac: MacKey | None = None
+    new_key: AccountKey | None = None  # during an account key rollover (RFC 8555 7.3.5)
     fallback_origin: str | None = None
     policy: Policy | None = None
 
@@ -138,8 +139,14 @@ class Signer(Record):
         greeting = wire.Greeting(self.key.alg, self.key.thumbprint, self.keyid, self.key.jwk,
                                  eab_kid=self.mac.kid if self.mac else None,
                                  eab_alg=self.mac.alg if self.mac else None,
+                                 new_alg=self.new_key.alg if self.new_key else None,
+                                 new_jwk=self.new_key.jwk if self.new_key else None,
                                  scope=SCOPE_VERSION)
         return wire.encode_greeting(greeting)
+
+    def rollover(self) -> tuple[str, dict] | None:
+        """(alg, JWK) of the new key, for wire.parse_sign_request."""
+        return (self.new_key.alg, self.new_key.jwk) if self.new_key else None
 
     def binding(self) -> tuple[str, str] | None:
         """(alg, kid) of the MAC key, for wire.parse_sign_request."""
@@ -149,4 +156,6 @@ class Signer(Record):
         """The signature of an accepted request: the MAC of a binding, else the key's."""
         if self.mac is not None and eab.is_binding(req.header):
             return eab.mac(self.mac.alg, self.mac.key, req.signing_input)
+        if self.new_key is not None and req.header.get("jwk") == self.new_key.jwk:
+            return self.new_key.sign(req.signing_input)
         return self.key.sign(req.signing_input)

@@ -58,6 +58,7 @@ class Settings(Record):
     eab_kid: str | None = None
     eab_hmac_key: str | None = None  # a file holding the base64url MAC key
     eab_alg: str = eab.DEFAULT_ALGORITHM
+    new_privkey: str | None = None  # an account key rollover's new key
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,11 +72,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--origin", metavar="URL", help="sign only requests for this https origin (the CA's)")
     p.add_argument("--operations", metavar="LIST",
                    help="sign only these operations (newOrder, newAccount, updateAccount, "
-                        "deactivateAccount, revokeCert; or none)")
+                        "deactivateAccount, revokeCert, keyChange; or none)")
     p.add_argument("--names", metavar="LIST",
                    help='sign orders only for these names (".example.org": any name under it)')
     p.add_argument("--require-scope", action="store_true", default=None,
                    help="refuse a connection whose first line is not the master's scope")
+    p.add_argument("--new-privkey", metavar="file:PATH|gpg:PATH",
+                   help="account key rollover: the new key, which signs only keyChange's inner "
+                   "JWS and the account lookup")
     p.add_argument("--eab-kid", metavar="KID",
                    help="External Account Binding: the key identifier the CA gave")
     p.add_argument("--eab-hmac-key", metavar="FILE",
@@ -126,6 +130,11 @@ def load_settings(args: argparse.Namespace) -> Settings:
         missing = "eab-hmac-key (nor --eab-hmac-key)" if eab_kid else "eab-kid (nor --eab-kid)"
         raise ConfigError(f"{path or 'lacme-accountd.conf'}: External Account Binding needs "
                           f"{missing}")
+    new_privkey = None
+    if args.new_privkey:
+        check_privkey(args.new_privkey, "--new-privkey")
+        new_kind, _, new_path = args.new_privkey.partition(":")
+        new_privkey = f"{new_kind}:{expanded(new_path, '--new-privkey')}"
     kind, _, key_path = privkey.partition(":")
     socket_path = None if args.stdio else (args.socket or cfg.socket or DEFAULT_SOCKET)
     return Settings(
@@ -143,6 +152,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         eab_kid=eab_kid or None,
         eab_hmac_key=eab_key or None,
         eab_alg=cfg.eab_alg or eab.DEFAULT_ALGORITHM,
+        new_privkey=new_privkey,
     )
 
 
@@ -183,7 +193,10 @@ def run(settings: Settings) -> None:
     if settings.eab_kid and settings.eab_hmac_key:
         mac = load_mac_key(settings.eab_hmac_key, settings.eab_kid, settings.eab_alg, "eab-hmac-key")
     key = load_account_key(settings.privkey, settings.gpg)
-    signer = Signer(key, settings.keyid, settings.origin, mac, settings.fallback_origin,
+    new_key = load_account_key(settings.new_privkey, settings.gpg) if settings.new_privkey else None
+    if new_key is not None and new_key.jwk == key.jwk:
+        raise ConfigError("--new-privkey: the new key is the current account key")
+    signer = Signer(key, settings.keyid, settings.origin, mac, new_key, settings.fallback_origin,
                     settings.policy)
     logger.debug("account key: %s, thumbprint %s", key.alg, key.thumbprint)
     waiter = Waiter()  # from here on SIGINT/SIGTERM end the program cleanly

@@ -62,7 +62,8 @@ class Guard:
         self.refused_scope = ""  # why the first line's scope was refused
 
     def take(self, line: bytes, *, alg: str, jwk: dict, kid: str | None,
-             binding: tuple[str, str] | None = None) -> wire.SignRequest | None:
+             binding: tuple[str, str] | None = None,
+             new_key: tuple[str, dict] | None = None) -> wire.SignRequest | None:
         """The request to sign in ``line``, None for the scope line, or Refused."""
         self.lines += 1
         if sc.is_scope_line(line):
@@ -80,10 +81,10 @@ class Guard:
         if self.lines == 1 and self.policy.require_scope:
             raise wire.Refused("no scope as first line, and require-scope is set")
         req = wire.parse_sign_request(line, alg=alg, jwk=jwk, kid=kid, origin=self.origin,
-                                      binding=binding)
+                                      binding=binding, new_key=new_key)
         if self.scope is None and not self.policy.restricts:
             return req  # as Debian's 0.8.2: any well-formed request for this key
-        op = sc.classify(req.header, req.body)
+        op = sc.classify(req.header, req.body, new_jwk=new_key[1] if new_key else None)
         reason = self.policy.refusal(op)
         if reason is None and self.scope is not None:
             reason = sc.refusal(self.scope, op)

@@ -64,7 +64,7 @@ def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: 
                 return
             try:
                 req = guard.take(line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid,
-                                 binding=signer.binding())
+                                 binding=signer.binding(), new_key=signer.rollover())
             except wire.Refused as exc:
                 logger.warning("[%s] NOSIGN %s", conn_id, exc.reason)
                 return

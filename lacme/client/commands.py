@@ -25,6 +25,13 @@ logger = logging.getLogger("lacme-client")
 def serve_account(ctx: Context, msg: dict) -> bool:
     """newAccount (or lookup), then update contacts or deactivate (RFC 8555 7.3)."""
     session = ctx.session
+    if msg.get("rollover"):
+        from lacme.client.rollover import serve_rollover  # one command in years: only then
+
+        url, body, already = serve_rollover(ctx)
+        ctx.link.send("account", account=body, location=url, rolled_over=True, already=already,
+                      jwk_thumbprint=jws.jwk_thumbprint(ctx.signer.new_jwk or {}), kid="")
+        return True
     register = bool(msg.get("register"))
     contact = [str(c) for c in msg.get("contact") or []]
     if register:

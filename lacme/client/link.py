@@ -50,6 +50,7 @@ class AccountdSigner:
         self.kid = greeting.kid
         self.eab_kid = greeting.eab_kid  # accountd holds an EAB MAC key (RFC 8555 7.3.4)
         self.eab_alg = greeting.eab_alg
+        self.new_alg, self.new_jwk = greeting.new_alg, greeting.new_jwk  # a rollover's new key
 
     def _read_greeting(self) -> wire.Greeting:
         """The two CRLF lines accountd sends first (version, alg, thumbprint; JWK)."""

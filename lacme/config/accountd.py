@@ -55,7 +55,8 @@ ACCOUNTD_SETTINGS = ("privkey", "gpg", "socket", "logfile", "keyid", "quiet", "o
                      "eab-kid", "eab-hmac-key", "eab-alg", "operations", "names", "require-scope")
 # What ``operations`` may list (lacme.protocol.scope.OPERATIONS, spelled out
 # here: configuration parsing does not import the protocol modules).
-POLICY_OPERATIONS = ("newOrder", "newAccount", "updateAccount", "deactivateAccount", "revokeCert")
+POLICY_OPERATIONS = ("newOrder", "newAccount", "updateAccount", "deactivateAccount", "revokeCert",
+                     "keyChange")
 
 
 def parse_operations(value: str, loc: str) -> frozenset[str]:

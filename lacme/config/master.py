@@ -140,6 +140,7 @@ class AccountdSettings(Record):
     config: str = ""
     privkey: str = ""
     quiet: bool = True
+    new_privkey: str = ""  # not a setting: lacme account --rollover --new-privkey
 
 
 class MasterConfig(Record):

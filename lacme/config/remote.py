@@ -40,13 +40,19 @@ def _skip_options(words: Sequence[str], i: int) -> int:
     return i
 
 
-def is_ssh(command: Sequence[str]) -> bool:
-    return bool(command) and os.path.basename(command[0]) == "ssh"
+def ssh_words(command: Sequence[str]) -> Sequence[str]:
+    """``command`` from its ssh word on (after a wrapper such as ``sudo -u
+    USER``, ``env`` or ``ip netns exec NS``); empty when it runs no ssh."""
+    for i, word in enumerate(command):
+        if os.path.basename(word) == "ssh":
+            return command[i:]
+    return ()
 
 
 def option_separator(command: Sequence[str]) -> tuple[str, ...]:
-    """``("--",)`` when ``command`` is ssh with no remote word, else ``()``."""
-    if not is_ssh(command):
+    """``("--",)`` when ``command`` runs ssh with no remote word, else ``()``."""
+    command = ssh_words(command)
+    if not command:
         return ()
     destination = _skip_options(command, 1)
     if destination >= len(command):

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--tos-agreed", action="store_true", help="agree to the terms of service")
     acc.add_argument("--register", action="store_true", help="register the account key")
     acc.add_argument("--deactivate", action="store_true", help="deactivate the account")
+    acc.add_argument("--rollover", action="store_true",
+                     help="replace the account key with --new-privkey (RFC 8555 7.3.5)")
+    acc.add_argument("--new-privkey", metavar="file:PATH|gpg:PATH", default="",
+                     help="with --rollover: the new account key, read by lacme-accountd")
     acc.add_argument("--eab-kid", metavar="KID", default="",
                      help="with --register: bind to this external account (its MAC key is "
                      "lacme-accountd's)")

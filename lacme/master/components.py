@@ -63,6 +63,8 @@ def spawn_accountd(settings: AccountdSettings, server: str, children: Children,
             args.append("--config=" + expand(settings.config, ident))
         if settings.privkey:
             args.append("--privkey=" + expand(settings.privkey, ident))
+        if settings.new_privkey:  # as given: the path is on accountd's host
+            args.append("--new-privkey=" + settings.new_privkey)
         if settings.quiet and not debug:
             args.append("--quiet")
         if debug:

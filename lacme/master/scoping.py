@@ -110,7 +110,7 @@ def orders_scope(server: str, orders: Iterable[tuple[Sequence[str | tuple[str, s
 def account_scope(server: str, fields: dict[str, Any]) -> sc.Scope:
     """The account command's operations (``fields``: its control message):
     registration (then, for an account that exists, the contact update), the
-    contact update, the deactivation."""
+    contact update, the deactivation, the key rollover (keyChange)."""
     contact = tuple(fields.get("contact") or ())
     ops = set()
     if fields.get("register"):
@@ -119,6 +119,8 @@ def account_scope(server: str, fields: dict[str, Any]) -> sc.Scope:
         ops.add(sc.UPDATE_ACCOUNT)
     if fields.get("deactivate"):
         ops.add(sc.DEACTIVATE_ACCOUNT)
+    if fields.get("rollover"):
+        ops.add(sc.KEY_CHANGE)
     return sc.Scope(origin=_origin(server), operations=frozenset(ops), contact=contact,
                     tos=bool(fields.get("tos_agreed")))
 

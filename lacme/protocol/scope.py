@@ -42,19 +42,19 @@ SCOPE_MEMBER = "lacme-scope"
 # octets, CRLF included: room for thousands of orders (a signing input has wire.MAX_LINE)
 MAX_SCOPE_LINE = 4 * 1024 * 1024
 
-# Operation kinds.  The first five are those a scope or a policy names.
+# Operation kinds.  The first six are those a scope or a policy names.
 NEW_ORDER = "newOrder"  # with its challenge responses and finalize
 NEW_ACCOUNT = "newAccount"  # registration
 UPDATE_ACCOUNT = "updateAccount"  # contacts
 DEACTIVATE_ACCOUNT = "deactivateAccount"
 REVOKE_CERT = "revokeCert"
-OPERATIONS = (NEW_ORDER, NEW_ACCOUNT, UPDATE_ACCOUNT, DEACTIVATE_ACCOUNT, REVOKE_CERT)
+KEY_CHANGE = "keyChange"  # the account key rollover (7.3.5): outer and inner JWS
+OPERATIONS = (NEW_ORDER, NEW_ACCOUNT, UPDATE_ACCOUNT, DEACTIVATE_ACCOUNT, REVOKE_CERT, KEY_CHANGE)
 POST_AS_GET = "POST-as-GET"
 CHALLENGE = "challenge"
 LOOKUP = "lookup"
 FINALIZE = "finalize"
 BINDING = "externalAccountBinding"  # the MAC of RFC 8555 7.3.4, made for a registration
-KEY_CHANGE = "keyChange"
 OTHER = "other"
 ALWAYS = frozenset({POST_AS_GET, LOOKUP})
 # What each scope operation brings along with it.
@@ -220,9 +220,13 @@ def _is_reason(value: Any) -> bool:
 # The classifier
 
 
-def classify(header: dict, body: dict | None) -> Operation:
+def classify(header: dict, body: dict | None, *, new_jwk: dict | None = None) -> Operation:
     """What a signing input asks for: ``header`` is its protected header,
-    ``body`` its decoded payload (None for POST-as-GET)."""
+    ``body`` its decoded payload (None for POST-as-GET); ``new_jwk``: the new
+    key of a rollover, whose requests (lacme.protocol.rollover) are the
+    keyChange's inner JWS and the lookup."""
+    if new_jwk is not None and header.get("jwk") == new_jwk:
+        return Operation(LOOKUP) if body == {"onlyReturnExisting": True} else Operation(KEY_CHANGE)
     if is_binding(header):  # its payload is the account's JWK (lacme.protocol.eab)
         return Operation(BINDING)
     members = set(body or ())

@@ -5,7 +5,8 @@ unprivileged ACME client, over a UNIX socket, a socket pair or ssh;
 compatible with Debian's lacme-accountd 0.8.2 both ways (our greeting has
 its members, and extensions that its client ignores).  No I/O here.
 
-    server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, eab-kid, eab-alg][, scope]} CRLF
+    server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, eab-kid, eab-alg][, new-alg, new-jwk]
+                          [, scope]} CRLF
             canonical JWK CRLF                 ("{}" when a key id is set)
     master: [ scope ]                          (extension, see below)
     client: b64u(protected) "." b64u(payload) CRLF     (one per request)
@@ -24,6 +25,9 @@ a connection whose first line is not a scope.  Nothing answers the scope;
 a request outside it is refused by closing, as any refused request.  A
 line is a scope when it starts with "{", which base64url never does.
 
+``new-alg`` and ``new-jwk`` (an extension too) announce the new key of an
+account key rollover (lacme.protocol.rollover), which signs only the two
+requests that rule allows.
 ``eab-kid`` and ``eab-alg`` (an extension; Debian's lacme-accountd 0.8.2
 sends neither and its clients ignore them) say that this accountd holds an
 External Account Binding MAC key (RFC 8555 7.3.4, lacme.protocol.eab): a
@@ -45,7 +49,7 @@ from typing import Any, NamedTuple
 from lacme.core.errors import ProtocolError
 from lacme.core.origin import origin_of
 from lacme.core.record import Record
-from lacme.protocol import eab, jws
+from lacme.protocol import eab, jws, rollover
 
 PROTOCOL_VERSION = 1
 PEER = "lacme-accountd"  # how the client names accountd, first in its error lines
@@ -72,6 +76,8 @@ class Greeting(Record):
     scope: int = 0  # the scope version this accountd enforces (0: none, as Perl's 0.8.2)
     eab_kid: str | None = None  # the EAB key identifier, when accountd holds a MAC key
     eab_alg: str | None = None
+    new_alg: str | None = None  # a rollover's new key (lacme.protocol.rollover), when held
+    new_jwk: dict | None = None
 
 
 class SignRequest(NamedTuple):
@@ -94,7 +100,7 @@ class Refused(Exception):
 
 def encode_greeting(g: Greeting) -> bytes:
     """The two greeting lines."""
-    extra: dict[str, str | int] = {"alg": g.alg, "jwk-thumbprint": g.jwk_thumbprint}
+    extra: dict[str, Any] = {"alg": g.alg, "jwk-thumbprint": g.jwk_thumbprint}
     if g.kid is not None:
         extra["kid"] = g.kid
     if g.scope:
@@ -102,7 +108,12 @@ def encode_greeting(g: Greeting) -> bytes:
     if g.eab_kid is not None:
         extra["eab-kid"] = g.eab_kid
         extra["eab-alg"] = g.eab_alg or eab.DEFAULT_ALGORITHM
-    jwk = b"{}" if g.kid is not None else jws.canonical_json(g.jwk)
+    if g.new_jwk is not None:
+        extra["new-alg"] = g.new_alg
+        extra["new-jwk"] = g.new_jwk
+    # with a key id the JWK is not served, except during a rollover: keyChange
+    # names the current key (its oldKey), and the key id still refuses jwk requests
+    jwk = b"{}" if g.kid is not None and g.new_jwk is None else jws.canonical_json(g.jwk)
     return b"%d OK " % PROTOCOL_VERSION + jws.canonical_json(extra) + CRLF + jwk + CRLF
 
 
@@ -139,11 +150,17 @@ def parse_greeting(first_line: bytes, jwk_line: bytes) -> Greeting:
     eab_alg = _optional_str(extra, "eab-alg") or (eab.DEFAULT_ALGORITHM if eab_kid else None)
     if eab_alg is not None and eab_alg not in eab.ALGORITHMS:
         raise ProtocolError(f"accountd: unsupported eab-alg {eab_alg!r}")
+    new_alg, new_jwk = _optional_str(extra, "new-alg"), extra.get("new-jwk")
+    if new_jwk is not None:
+        if not isinstance(new_jwk, dict) or new_alg not in ALGORITHMS:
+            raise ProtocolError("accountd: greeting new-jwk/new-alg is not a JWK and its alg")
+        _check_jwk(new_jwk, new_alg)
     scope = extra.get("scope", 0)
     if not isinstance(scope, int) or isinstance(scope, bool) or scope < 0:
         raise ProtocolError("accountd: greeting scope is not a version number")
     return Greeting(alg=alg, jwk_thumbprint=thumbprint, kid=kid, jwk=jwk, eab_kid=eab_kid,
-                    eab_alg=eab_alg, scope=scope)
+                    eab_alg=eab_alg, new_alg=new_alg if new_jwk else None, new_jwk=new_jwk,
+                    scope=scope)
 
 
 def _check_jwk(jwk: dict, alg: str) -> None:
@@ -163,7 +180,7 @@ def encode_sign_request(signing_input: str) -> bytes:
 
 def parse_sign_request(
     line: bytes, *, alg: str, jwk: dict, kid: str | None, origin: str | None,
-    binding: tuple[str, str] | None = None,
+    binding: tuple[str, str] | None = None, new_key: tuple[str, dict] | None = None,
 ) -> SignRequest:
     """Accept ``line`` (CRLF included) for signing, or raise Refused.
 
@@ -185,6 +202,16 @@ def parse_sign_request(
     header = decode_object(header_raw, "protected header", Refused)
     if eab.is_binding(header):
         _check_binding(header, payload, jwk=jwk, binding=binding, origin=origin)
+        return SignRequest(signing_input=line[:-2], header=header, payload=payload,
+                           body=decode_object(payload, "payload", Refused))
+    if new_key is not None and rollover.is_new_key_request(header, new_key[1]):
+        try:
+            rollover.check_new_key_request(header, payload, new_alg=new_key[0], new_jwk=new_key[1],
+                                           old_jwk=jwk)
+        except rollover.RolloverError as exc:
+            raise Refused(str(exc)) from None
+        if origin is not None:
+            _check_origin(header["url"], origin)
         return SignRequest(signing_input=line[:-2], header=header, payload=payload,
                            body=decode_object(payload, "payload", Refused))
     _check_header(header, alg=alg, jwk=jwk, kid=kid, origin=origin)

@@ -49,7 +49,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Units of the host (copied with /etc) that are slow, useless or harmful in
 # the box.  The web servers are the host's test peers: a test that needs one
 # in the box unmasks it and gives it a configuration of its own; so are the
-# DNS servers of the dns-01 tests and sshd of the fleet test (the box shares
+# DNS servers of the dns-01 tests and sshd of the fleet tests (the box shares
 # the host's ports).
 MASKED = (
     "apache2.service", "apache-htcacheclean.service", "nginx.service", "knot.service",
@@ -57,8 +57,8 @@ MASKED = (
     "apt-daily-upgrade.timer", "bind9.service", "certbot.service", "certbot.timer",
     "console-getty.service", "dpkg-db-backup.timer", "knot.service", "named.service",
     "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "getty@tty1.service",
-    "man-db.timer", "postgresql.service", "systemd-pstore.service",
-    "systemd-timesyncd.service", "ssh.service", "ssh.socket", "sshd.service",
+    "man-db.timer", "postgresql.service", "ssh.service", "ssh.socket", "systemd-pstore.service",
+    "systemd-timesyncd.service",
 )
 
 

@@ -110,7 +110,8 @@ class SignedSession:
     # -- signed requests (RFC 8555 6.2, 6.3) -----------------------------------
 
     def post(self, url: str, payload: dict | None, *, use_jwk: bool = False,
-             accept: str | None = None, limit: int = MAX_JSON_BYTES) -> Response:
+             accept: str | None = None, limit: int = MAX_JSON_BYTES,
+             key: Signer | None = None) -> Response:
         """A JWS-signed POST; ``payload`` None is POST-as-GET.  Retries badNonce.
 
         Signed with ``kid`` unless ``use_jwk`` (newAccount, revokeCert with the
@@ -119,19 +120,21 @@ class SignedSession:
         AcmeProblemError for any error answer.
         """
         self.check_url(url)  # before anything is signed
+        signer = key or self.signer  # key: another key (a rollover's new one), with its JWK
+        use_jwk = use_jwk or key is not None
         if not use_jwk and not self.kid:
             raise AcmeError(f"{escape_text(url, 200)}: no account URL (kid) to sign with")
-        if use_jwk and not self.signer.jwk:
+        if use_jwk and not signer.jwk:
             raise AcmeError(f"{escape_text(url, 200)}: accountd serves a key id and no JWK")
 
         def sign(nonce: str) -> dict:
-            protected: dict[str, Any] = {"alg": self.signer.alg, "nonce": nonce, "url": url}
+            protected: dict[str, Any] = {"alg": signer.alg, "nonce": nonce, "url": url}
             if use_jwk:
-                protected["jwk"] = self.signer.jwk
+                protected["jwk"] = signer.jwk
             else:
                 protected["kid"] = self.kid
             text = jws.signing_input(protected, payload)
-            return jws.flattened(text, self.signer.sign(text.encode("ascii")))
+            return jws.flattened(text, signer.sign(text.encode("ascii")))
 
         return self.http.post(url, sign, accept=accept, limit=limit)
 
