@@ -126,7 +126,7 @@ def test_scope_origin_pins_and_configured_origin_wins(conf):
     refused(d, GET, "not on https://other.example")  # GET is for ca.example
     d = ours(f"--config={conf}", "--origin=https://other.example")
     send(d, order_scope("a.example"))
-    refused(d, GET, "is not the configured origin https://other.example")
+    refused(d, GET, "is not on https://other.example, the configured origin")
     # The environment of a spawning master is replaced by the scope's.
     d = Stdio([*ACCOUNTD, "--stdio", f"--config={conf}"], {wire.ORIGIN_VARIABLE: "https://other.example"})
     send(d, order_scope("a.example"))

@@ -102,7 +102,7 @@ class Guard:
             except ValueError as exc:
                 raise wire.Refused(f"scope: origin {scope.origin!r}: {exc}") from None
             if self.pinned is not None and origin != self.pinned:
-                raise wire.Refused(f"scope: origin {origin} is not the configured origin {self.pinned}")
+                raise wire.Refused(f"scope: origin {origin} is not on {self.pinned}, the configured origin")
             self.origin = origin
         self.scope = scope
         self.remaining = scope.signature_budget()
