@@ -43,6 +43,7 @@ from lacme.master.components import (
 )
 from lacme.master.lock import lock_run, lock_wait
 from lacme.master.scoping import (
+    ClientFirst,
     account_scope,
     lookup_scope,
     orders_scope,
@@ -131,7 +132,13 @@ class ClientSession:
         """Scope accountd's connection for the command, then hand it to the
         client: the scope is written before the client can write anything."""
         assert self.channel is not None and self.accountd is not None
-        greeting = scope_connection(self.accountd, scope, run_deadline(self.cfg.client.timeout))
+        try:
+            greeting = scope_connection(self.accountd, scope, run_deadline(self.cfg.client.timeout),
+                                        self.channel.sock)
+        except ClientFirst:  # it failed: its error, or its end, is the run's one line
+            for _ in self._messages():
+                pass
+            raise LacmeError("the ACME client spoke before hello") from None
         hello = control.encode_message(
             "hello", version=control.VERSION, settings=client_settings(self.cfg), debug=self.debug
         )

@@ -31,18 +31,28 @@ log = logging.getLogger("lacme")
 _PEEK_LIMIT = 2 * wire.MAX_LINE
 
 
-def peek_greeting(sock: socket.socket, timeout: float) -> wire.Greeting | None:
+class ClientFirst(Exception):
+    """The client wrote (or ended) before it got the accountd connection: it
+    failed, or it is not to be trusted with an unscoped connection."""
+
+
+def peek_greeting(sock: socket.socket, timeout: float,
+                  client: socket.socket | None = None) -> wire.Greeting | None:
     """accountd's greeting, left in the socket for the client; None when the
     connection ends or is garbled before it: the client then reads that end
-    and reports it in the one line of the run, as without scopes."""
+    and reports it in the one line of the run, as without scopes.  ClientFirst
+    when ``client`` (the control channel) speaks or ends first."""
     deadline = time.monotonic() + timeout
     seen = -1
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise LacmeError("lacme-accountd: no greeting before the timeout")
-        if not select.select([sock], [], [], remaining)[0]:
+        ready = select.select([sock] if client is None else [sock, client], [], [], remaining)[0]
+        if not ready:
             continue
+        if sock not in ready:
+            raise ClientFirst()
         try:
             data = sock.recv(_PEEK_LIMIT + 1, socket.MSG_PEEK)
         except OSError:
@@ -63,10 +73,11 @@ def peek_greeting(sock: socket.socket, timeout: float) -> wire.Greeting | None:
         seen = len(data)
 
 
-def scope_connection(sock: socket.socket, scope: sc.Scope, timeout: float) -> wire.Greeting | None:
+def scope_connection(sock: socket.socket, scope: sc.Scope, timeout: float,
+                     client: socket.socket) -> wire.Greeting | None:
     """Peek at the greeting and write ``scope`` when accountd takes scopes;
     the greeting (None: the connection is unusable, the client will say so)."""
-    greeting = peek_greeting(sock, timeout)
+    greeting = peek_greeting(sock, timeout, client)
     if greeting is not None:
         send_scope(sock, greeting, scope)
     return greeting
