@@ -34,6 +34,7 @@ from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError, ProtocolError, ReportedError
 from lacme.master.challenges import ChallengeDirectory, PublishGate
 from lacme.master.children import Children, exit_status
+from lacme.master.clock import ClockCheck
 from lacme.master.components import (
     Webservers,
     open_accountd,
@@ -55,6 +56,8 @@ from lacme.protocol.jws import b64u_encode
 from lacme.protocol.scope import Scope
 
 log = logging.getLogger("lacme")
+
+RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"  # RFC 8555 6.7
 
 
 class _Terminated(KeyboardInterrupt):
@@ -98,6 +101,8 @@ class ClientSession:
         self.webservers: Webservers | None = None  # until every one is ready
         self.accountd: socket.socket | None = None  # until handed to the client in hello
         self.gate: PublishGate | None = None  # known with accountd's greeting
+        self.clock = ClockCheck()  # the CA's Date header against our clock
+        self.rate_limited: dict[str, float] = {}  # order id -> the CA's Retry-After, seconds
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> ClientSession:
@@ -129,19 +134,16 @@ class ClientSession:
         self.stack.close()
 
     def _hello(self, scope: Scope) -> None:
-        """Scope accountd's connection for the command, then hand it to the
-        client: the scope is written before the client can write anything."""
+        """Scope accountd's connection, then hand it over in hello (lacme.master.scoping)."""
         assert self.channel is not None and self.accountd is not None
         try:
             greeting = scope_connection(self.accountd, scope, run_deadline(self.cfg.client.timeout),
                                         self.channel.sock)
         except ClientFirst:  # it failed: its error, or its end, is the run's one line
-            for _ in self._messages():
-                pass
+            list(self._messages())
             raise LacmeError("the ACME client spoke before hello") from None
-        hello = control.encode_message(
-            "hello", version=control.VERSION, settings=client_settings(self.cfg), debug=self.debug
-        )
+        hello = control.encode_message("hello", version=control.VERSION,
+                                       settings=client_settings(self.cfg), debug=self.debug)
         self.channel.send(hello, fd=self.accountd.fileno())
         self.gate = PublishGate(greeting.jwk_thumbprint if greeting else "")
 
@@ -168,8 +170,6 @@ class ClientSession:
         for msg in self._messages():
             if msg["type"] == "account":
                 reply = msg
-            elif msg["type"] == "publish":  # refused: no order is pending
-                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
             elif msg["type"] == "done":
                 break
         if reply is None:
@@ -211,9 +211,7 @@ class ClientSession:
         assert self.challenges is not None
         for msg in self._messages():
             kind = msg["type"]
-            if kind == "publish":
-                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
-            elif kind == "unpublish":
+            if kind == "unpublish":
                 self.challenges.unpublish(str(msg.get("token", "")))
             elif kind == "certificate" and msg.get("id") in results:
                 pem = str(msg.get("pem", ""))
@@ -223,6 +221,10 @@ class ClientSession:
                 results[msg["id"]] = True if refused is None else refused
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
+                retry = msg.get("retry_after")
+                if (msg.get("problem") == RATE_LIMITED and isinstance(retry, (int, float))
+                        and not isinstance(retry, bool) and retry >= 0):
+                    self.rate_limited[msg["id"]] = float(retry)
             elif kind == "done":
                 break
         return results
@@ -255,8 +257,6 @@ class ClientSession:
             kind = msg["type"]
             if kind == answer and msg.get("id") in results:
                 results[msg["id"]] = value(msg)
-            elif kind == "publish":  # refused: no order is pending
-                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
             elif kind == "done":
@@ -307,7 +307,11 @@ class ClientSession:
                 msg = control.decode_message(line, control.CLIENT_TYPES)
             except ProtocolError as exc:
                 raise LacmeError(f"the ACME client: {exc}") from None
-            if msg["type"] == "error":
+            if msg["type"] == "publish":  # any command: the gate says whether
+                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
+            elif msg["type"] == "clock":  # any command: checked here, once
+                self.clock.observe(msg.get("date"), msg.get("url"))
+            elif msg["type"] == "error":
                 failure = str(msg.get("message") or "the ACME client failed")
             elif msg["type"] == "done" and failure is not None:
                 raise self._failed(failure)
