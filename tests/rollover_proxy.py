@@ -41,6 +41,10 @@ def main() -> int:
     out.write(real.stdout.readline() + real.stdout.readline())  # the greeting
     changed = False
     for line in iter(sys.stdin.buffer.readline, b""):
+        if line.startswith(b"{"):  # the master's scope (lacme.protocol.scope): no answer
+            real.stdin.write(line)
+            real.stdin.flush()
+            continue
         header = header_of(line)
         # the outer keyChange JWS: the current key, with its kid (the inner one has the new jwk)
         is_change = str(header.get("url", "")).endswith("/rollover-account-key") and "kid" in header

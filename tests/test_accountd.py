@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lacme.core import descriptors
+from lacme.core.record import replace
 from lacme.protocol import jwk_keys, jws, wire
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +203,7 @@ def test_stdio_signatures_verify_for_each_key_type(keydir, tmp_path, alg):
     d = ours(f"--config={conf}", f"--privkey=file:{key}")
     g = d.greeting()
     jwk = jwk_keys.public_jwk(public_key_of(key))
-    assert g == wire.Greeting(alg, jws.jwk_thumbprint(jwk), None, jwk)
+    assert g == wire.Greeting(alg, jws.jwk_thumbprint(jwk), None, jwk, scope=1)  # this accountd enforces scopes
     assert d.jwk_line == jws.canonical_json(jwk) + b"\r\n"
     lines = [line_for(header(alg, jwk=jwk), {"termsOfServiceAgreed": True}),
              line_for(header(alg, kid=KID), None),
@@ -549,8 +550,10 @@ def test_byte_compatible_with_debian_accountd(keydir):
     theirs, mine = debian(key), ours("--config=/dev/null", f"--privkey=file:{key}")
     assert mine.jwk_line == theirs.jwk_line
     assert mine.first.startswith(b"1 OK ") and theirs.first.startswith(b"1 OK ")
-    assert json.loads(mine.first[5:]) == json.loads(theirs.first[5:])
-    assert mine.greeting() == theirs.greeting()
+    # The same members, plus the scope capability (lacme.protocol.wire's
+    # extension), which Debian's 0.8.2 does not announce.
+    assert json.loads(mine.first[5:]) == {**json.loads(theirs.first[5:]), "scope": 1}
+    assert mine.greeting() == replace(theirs.greeting(), scope=1)
     jwk = mine.greeting().jwk
     requests = [
         line_for(header(jwk=jwk), {"termsOfServiceAgreed": True, "contact": ["mailto:a@example.org"]}),

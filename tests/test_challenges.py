@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lacme.core.errors import LacmeError
-from lacme.master.challenges import LOCK_NAME, ChallengeDirectory
+from lacme.master.challenges import LOCK_NAME, ChallengeDirectory, PublishGate
 from lacme.protocol.http01 import is_valid_token
 
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
@@ -112,3 +112,42 @@ def test_private_directory_is_search_only_and_removed(tmp_path):
     chal.publish(TOKEN, "answer")
     chal.close()
     assert not path.exists()
+
+
+# ---------------------------------------------------------------- the publish gate
+
+THUMB = "T" * 43
+
+
+def open_gate(*names: str) -> PublishGate:
+    gate = PublishGate(THUMB)
+    gate.open([("dns", n) for n in names])
+    return gate
+
+
+def test_gate_publishes_key_authorizations_while_orders_are_pending():
+    gate = open_gate("a.example", "b.example")
+    gate.check_http01("tok1", f"tok1.{THUMB}")
+    gate.check_http01("tok1", f"tok1.{THUMB}")  # the same authorization again
+    gate.check_http01("tok2", f"tok2.{THUMB}")
+    with pytest.raises(LacmeError, match="more answers than the 2 authorization"):
+        gate.check_http01("tok3", f"tok3.{THUMB}")
+    gate.close()
+    with pytest.raises(LacmeError, match="no order of this run is pending"):
+        gate.check_http01("tok1", f"tok1.{THUMB}")
+
+
+@pytest.mark.parametrize("content", ["tok.other", f"other.{THUMB}", f"tok.{THUMB}\n", "tok", ""])
+def test_gate_refuses_what_is_not_a_key_authorization_of_this_account(content):
+    with pytest.raises(LacmeError, match="not a key authorization"):
+        open_gate("a.example").check_http01("tok", content)
+
+
+def test_gate_identifiers_for_other_challenge_types():
+    gate = open_gate("A.example")
+    assert gate.allows_identifier("dns", "a.example")
+    assert not gate.allows_identifier("dns", "b.example")
+    gate.close()
+    assert not gate.allows_identifier("dns", "a.example")
+    with pytest.raises(LacmeError, match="no order"):
+        PublishGate(THUMB).check_http01("tok", f"tok.{THUMB}")

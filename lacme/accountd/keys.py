@@ -17,9 +17,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from lacme.accountd.policy import Policy
 from lacme.core.errors import ConfigError, LacmeError
 from lacme.core.record import Record
 from lacme.protocol import eab, jwk_keys, jws, wire
+from lacme.protocol.scope import SCOPE_VERSION
 
 
 class AccountKey(Record):
@@ -119,21 +121,27 @@ def load_mac_key(path: str, kid: str, alg: str, where: str) -> MacKey:
 
 
 class Signer(Record):
-    """The key, and for whom it signs: the account key id and the CA origin
-    when pinned, and the EAB MAC key when there is one."""
+    """The key, and for whom it signs: the account key id, the CA origin when
+    pinned by accountd's settings (``origin``) or by the spawning master's
+    environment (``fallback_origin``, which a scope's origin replaces), the
+    EAB MAC key when there is one, and the signing policy
+    (lacme.accountd.policy)."""
 
     key: AccountKey
     keyid: str | None
     origin: str | None
     mac: MacKey | None = None
     new_key: AccountKey | None = None  # during an account key rollover (RFC 8555 7.3.5)
+    fallback_origin: str | None = None
+    policy: Policy | None = None
 
     def greeting(self) -> bytes:
         greeting = wire.Greeting(self.key.alg, self.key.thumbprint, self.keyid, self.key.jwk,
                                  eab_kid=self.mac.kid if self.mac else None,
                                  eab_alg=self.mac.alg if self.mac else None,
                                  new_alg=self.new_key.alg if self.new_key else None,
-                                 new_jwk=self.new_key.jwk if self.new_key else None)
+                                 new_jwk=self.new_key.jwk if self.new_key else None,
+                                 scope=SCOPE_VERSION)
         return wire.encode_greeting(greeting)
 
     def rollover(self) -> tuple[str, dict] | None:

@@ -7,7 +7,9 @@ stdin/stdout (``--stdio``), on descriptors handed over with sd_listen_fds(3)
 (a listening socket: accept loop; a connection: serve it and exit), or on a
 UNIX socket it binds itself (``server``).  Only RFC 8555 section 6.2 signing
 inputs for this key (and, with ``--origin``, for one CA) are signed: see
-``wire.parse_sign_request``.  This module is the program: the command line
+``wire.parse_sign_request``; and only those that the connection's scope and
+the policy (``--operations``, ``--names``, ``--require-scope``) allow: see
+``lacme.accountd.policy``.  This module is the program: the command line
 over the configuration file, logging, and the exit code.
 """
 
@@ -21,9 +23,10 @@ import time
 from typing import NoReturn
 
 from lacme.accountd.keys import Signer, load_account_key, load_mac_key
+from lacme.accountd.policy import Policy
 from lacme.accountd.server import NAME, Waiter, logger, run_bound, run_inherited, run_stdio
 from lacme.config import specifiers
-from lacme.config.accountd import load_accountd_config, parse_origin
+from lacme.config.accountd import load_accountd_config, parse_names, parse_operations, parse_origin
 from lacme.config.defaults import DEFAULT_ACCOUNTD_CONFIG
 from lacme.config.ini import check_privkey, expand_specifiers
 from lacme.core import descriptors, log
@@ -49,7 +52,9 @@ class Settings(Record):
     quiet: bool
     debug: bool
     stdio: bool
-    origin: str | None
+    origin: str | None  # --origin or the configuration's: wins over any other
+    fallback_origin: str | None  # the spawning master's environment (a scope replaces it)
+    policy: Policy
     eab_kid: str | None = None
     eab_hmac_key: str | None = None  # a file holding the base64url MAC key
     eab_alg: str = eab.DEFAULT_ALGORITHM
@@ -65,6 +70,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"UNIX socket to bind (default {DEFAULT_SOCKET.replace('%', '%%')})")
     p.add_argument("--stdio", action="store_true", help="serve one connection on stdin/stdout")
     p.add_argument("--origin", metavar="URL", help="sign only requests for this https origin (the CA's)")
+    p.add_argument("--operations", metavar="LIST",
+                   help="sign only these operations (newOrder, newAccount, updateAccount, "
+                        "deactivateAccount, revokeCert, keyChange; or none)")
+    p.add_argument("--names", metavar="LIST",
+                   help='sign orders only for these names (".example.org": any name under it)')
+    p.add_argument("--require-scope", action="store_true", default=None,
+                   help="refuse a connection whose first line is not the master's scope")
     p.add_argument("--new-privkey", metavar="file:PATH|gpg:PATH",
                    help="account key rollover: the new key, which signs only keyChange's inner "
                    "JWS and the account lookup")
@@ -91,9 +103,19 @@ def load_settings(args: argparse.Namespace) -> Settings:
     # environment variable, not an option: Debian's lacme-accountd ignores it
     # where it would refuse an unknown option.  --origin and the configuration
     # file's origin win over it.
+    # A master's scope carries the origin too (ssh does not forward this
+    # variable), and replaces it, never the pin of the two settings.
     origin = parse_origin(args.origin, "--origin") if args.origin else cfg.origin
+    fallback = None
     if origin is None and os.environ.get(wire.ORIGIN_VARIABLE):
-        origin = parse_origin(os.environ[wire.ORIGIN_VARIABLE], wire.ORIGIN_VARIABLE)
+        fallback = parse_origin(os.environ[wire.ORIGIN_VARIABLE], wire.ORIGIN_VARIABLE)
+    policy = Policy(
+        operations=(parse_operations(args.operations, "--operations") if args.operations
+                    else cfg.operations),
+        names=parse_names(args.names, "--names") if args.names else (cfg.names or ()),
+        require_scope=bool(args.require_scope if args.require_scope is not None
+                           else cfg.require_scope),
+    )
 
     def expanded(value: str | None, loc: str) -> str | None:
         return None if value is None else expand_specifiers(value, ident, loc)
@@ -125,6 +147,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         debug=args.debug,
         stdio=args.stdio,
         origin=origin,
+        fallback_origin=fallback,
+        policy=policy,
         eab_kid=eab_kid or None,
         eab_hmac_key=eab_key or None,
         eab_alg=cfg.eab_alg or eab.DEFAULT_ALGORITHM,
@@ -172,7 +196,8 @@ def run(settings: Settings) -> None:
     new_key = load_account_key(settings.new_privkey, settings.gpg) if settings.new_privkey else None
     if new_key is not None and new_key.jwk == key.jwk:
         raise ConfigError("--new-privkey: the new key is the current account key")
-    signer = Signer(key, settings.keyid, settings.origin, mac, new_key)
+    signer = Signer(key, settings.keyid, settings.origin, mac, new_key, settings.fallback_origin,
+                    settings.policy)
     logger.debug("account key: %s, thumbprint %s", key.alg, key.thumbprint)
     waiter = Waiter()  # from here on SIGINT/SIGTERM end the program cleanly
     try:

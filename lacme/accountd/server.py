@@ -1,8 +1,9 @@
 """lacme-accountd's server: the accountd wire protocol on stdio, sockets and descriptors.
 
 Runs in lacme-accountd, as the account key's owner.  One connection is a
-greeting, then request lines each answered with a signature, until EOF or
-the first refusal (lacme.protocol.wire).  Connections come on stdin/stdout
+greeting, the master's scope if the first line is one, then request lines
+each answered with a signature, until EOF or the first refusal
+(lacme.protocol.wire; what is refused: lacme.accountd.policy).  Connections come on stdin/stdout
 (``--stdio``), on descriptors handed over with sd_listen_fds(3) (a listening
 socket: an accept loop; a connection: serve it and exit), or on a UNIX socket
 bound here (mode 0600, in a directory others cannot write).  One thread per
@@ -22,10 +23,12 @@ import threading
 from typing import Any, BinaryIO
 
 from lacme.accountd.keys import Signer
+from lacme.accountd.policy import Guard, Policy
 from lacme.core import descriptors, log
 from lacme.core.errors import LacmeError
 from lacme.core.text import escape_text
 from lacme.protocol import jws, wire
+from lacme.protocol.scope import MAX_SCOPE_LINE
 
 NAME = "lacme-accountd"  # the program, its logger and its journal identifier
 LISTEN_BACKLOG = 16
@@ -48,21 +51,26 @@ def show_request(req: wire.SignRequest) -> str:
 
 
 def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: str) -> None:
-    """Greet, then sign request lines until EOF or the first refusal."""
+    """Greet, take the scope if the first line is one, then sign request lines
+    until EOF or the first refusal (lacme.accountd.policy)."""
+    guard = Guard(signer.policy or Policy(), signer.origin, signer.fallback_origin)
     try:
         wfile.write(signer.greeting())
         wfile.flush()
         while True:
-            line = rfile.readline(wire.MAX_LINE + 1)
+            # The first line may be a scope, which grows with the run's orders.
+            line = rfile.readline((MAX_SCOPE_LINE if guard.lines == 0 else wire.MAX_LINE) + 1)
             if not line:
                 return
             try:
-                req = wire.parse_sign_request(
-                    line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid, origin=signer.origin,
-                    binding=signer.binding(), new_key=signer.rollover())
+                req = guard.take(line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid,
+                                 binding=signer.binding(), new_key=signer.rollover())
             except wire.Refused as exc:
                 logger.warning("[%s] NOSIGN %s", conn_id, exc.reason)
                 return
+            if req is None:
+                logger.log(log.VERBOSE, "[%s] SCOPE %s", conn_id, guard.describe_scope())
+                continue
             sig = signer.sign(req)
             logger.log(log.VERBOSE, "[%s] SIGNED %s", conn_id, show_request(req))
             wfile.write(wire.encode_signature(sig))

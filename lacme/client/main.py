@@ -141,17 +141,18 @@ def drain_command(channel: descriptors.Channel) -> None:
 
 def run(channel: descriptors.Channel) -> int:
     """hello, one command, done.  Returns the exit code."""
+    # Every command needs the ACME session module, whose import (requests)
+    # is most of our start-up: do it now, while the master builds the CSRs
+    # and scopes accountd's connection (it sends hello once it knows the
+    # command: lacme.master.scoping), rather than after hello.
+    from lacme.client.acme import session  # noqa: F401 - imported for its cost, now
+
     hello, accountd_sock = receive_hello(channel)
     if hello.get("debug"):
         logging.getLogger().setLevel(logging.DEBUG)
     link = ControlLink(channel)
     try:
         settings = parse_settings(hello.get("settings"))
-        # Every command needs the ACME session module, whose import (requests)
-        # is most of our start-up: do it now, while lacme-accountd is still
-        # loading the key it greets with, rather than after the greeting.
-        from lacme.client.acme import session  # noqa: F401 - imported for its cost, now
-
         signer = AccountdSigner(accountd_sock, settings.timeout)
     except LacmeError as exc:
         accountd_sock.close()

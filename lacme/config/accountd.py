@@ -43,13 +43,47 @@ class AccountdConfig(Record):
     keyid: str | None = None
     quiet: bool | None = None
     origin: str | None = None
+    operations: frozenset[str] | None = None  # the signing policy (lacme.accountd.policy)
+    names: tuple[str, ...] | None = None
+    require_scope: bool | None = None
     eab_kid: str | None = None
     eab_hmac_key: str | None = None
     eab_alg: str | None = None
 
 
 ACCOUNTD_SETTINGS = ("privkey", "gpg", "socket", "logfile", "keyid", "quiet", "origin",
-                     "eab-kid", "eab-hmac-key", "eab-alg")
+                     "eab-kid", "eab-hmac-key", "eab-alg", "operations", "names", "require-scope")
+# What ``operations`` may list (lacme.protocol.scope.OPERATIONS, spelled out
+# here: configuration parsing does not import the protocol modules).
+POLICY_OPERATIONS = ("newOrder", "newAccount", "updateAccount", "deactivateAccount", "revokeCert",
+                     "keyChange")
+
+
+def parse_operations(value: str, loc: str) -> frozenset[str]:
+    """``operations``: RFC 8555 operations separated by spaces or commas; "none" for none."""
+    items = value.replace(",", " ").split()
+    if items == ["none"]:
+        return frozenset()
+    for item in items:
+        if item not in POLICY_OPERATIONS:
+            raise ConfigError(f'{loc}: unknown operation "{item}" '
+                              f"(one of {', '.join(POLICY_OPERATIONS)}, or none)")
+    if not items:
+        raise ConfigError(f"{loc}: empty")
+    return frozenset(items)
+
+
+def parse_names(value: str, loc: str) -> tuple[str, ...]:
+    """``names``: DNS names or IP addresses an order may have; ".example.org" is any
+    name under example.org."""
+    items = tuple(item.lower() for item in value.replace(",", " ").split())
+    for item in items:
+        bare = item.removeprefix(".")
+        if not bare or any(c.isspace() or c in "/*@" for c in bare) or bare.startswith("."):
+            raise ConfigError(f'{loc}: not a name or a ".suffix": "{item}"')
+    if not items:
+        raise ConfigError(f"{loc}: empty")
+    return items
 
 
 def parse_origin(value: str, loc: str) -> str:
@@ -80,6 +114,7 @@ def validate_accountd(ini: Ini) -> AccountdConfig:
 
     privkey, socket, logfile = get("privkey"), get("socket"), get("logfile")
     quiet, origin = get("quiet"), get("origin")
+    operations, names, require_scope = get("operations"), get("names"), get("require-scope")
     eab_key, eab_alg = get("eab-hmac-key"), get("eab-alg")
     if eab_alg is not None:
         parse_eab_alg(eab_alg, loc("eab-alg"))
@@ -93,6 +128,9 @@ def validate_accountd(ini: Ini) -> AccountdConfig:
         keyid=get("keyid"),
         quiet=parse_bool(quiet, loc("quiet")) if quiet else None,
         origin=parse_origin(origin, loc("origin")) if origin else None,
+        operations=parse_operations(operations, loc("operations")) if operations else None,
+        names=parse_names(names, loc("names")) if names else None,
+        require_scope=parse_bool(require_scope, loc("require-scope")) if require_scope else None,
         eab_kid=get("eab-kid"),
         eab_hmac_key=check_specifiers(eab_key, loc("eab-hmac-key")) if eab_key else None,
         eab_alg=eab_alg,

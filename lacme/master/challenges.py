@@ -11,6 +11,9 @@ here.  Two kinds of directory:
   ``.lacme.lock`` keeps two runs apart, and everything the run wrote is
   removed afterwards.  A lock left by a killed run is taken over: the lock
   file is also flock(2)ed, so a lock whose holder died is free.
+
+What the client may have published at all is ``PublishGate``'s rule: a
+compromised client must not use the master to serve anything else.
 """
 
 from __future__ import annotations
@@ -28,6 +31,53 @@ from lacme.protocol.http01 import is_valid_token
 log = logging.getLogger("lacme")
 
 LOCK_NAME = ".lacme.lock"
+
+
+class PublishGate:
+    """What the master publishes for the client, and when (issue: least authority).
+
+    Open only while orders of this run are pending (``open`` .. ``close``);
+    at most one answer per authorization of those orders (one per
+    identifier, RFC 8555 7.1.4: an authorization is for one identifier);
+    each answer a key authorization of this account (RFC 8555 8.1:
+    ``token "." thumbprint``, the thumbprint from accountd's greeting).
+    Other challenge types join here with their own check over the same
+    identifiers (``allows_identifier``).
+    """
+
+    def __init__(self, thumbprint: str) -> None:
+        self.thumbprint = thumbprint
+        self.identifiers: frozenset[tuple[str, str]] = frozenset()
+        self.tokens: set[str] = set()
+        self.pending = False
+
+    def open(self, identifiers: list[tuple[str, str]]) -> None:
+        from lacme.protocol.scope import identifier
+
+        self.identifiers = frozenset(identifier(t, v) for t, v in identifiers)
+        self.pending = True
+
+    def close(self) -> None:
+        self.pending = False
+
+    def allows_identifier(self, kind: str, value: str) -> bool:
+        """Whether a challenge for this identifier may be published now."""
+        from lacme.protocol.scope import identifier
+
+        return self.pending and identifier(kind, value) in self.identifiers
+
+    def check_http01(self, token: str, content: str) -> None:
+        """LacmeError (the reason, logged by the caller) unless publishing is allowed."""
+        if not self.pending:
+            raise LacmeError("refused: no order of this run is pending")
+        if not self.thumbprint:
+            raise LacmeError("refused: no greeting from lacme-accountd, no key authorization")
+        if content != f"{token}.{self.thumbprint}":
+            raise LacmeError("refused: not a key authorization of this account (token.thumbprint)")
+        if token not in self.tokens and len(self.tokens) >= len(self.identifiers):
+            raise LacmeError(f"refused: more answers than the {len(self.identifiers)} "
+                             f"authorization(s) of this run's orders")
+        self.tokens.add(token)
 
 
 class ChallengeDirectory:

@@ -23,14 +23,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any
 
+from lacme.config.defaults import run_deadline
 from lacme.config.master import MasterConfig
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError, ProtocolError, ReportedError
-from lacme.master.challenges import ChallengeDirectory
+from lacme.master.challenges import ChallengeDirectory, PublishGate
 from lacme.master.children import Children, exit_status
 from lacme.master.clock import ClockCheck
 from lacme.master.components import (
@@ -41,8 +43,17 @@ from lacme.master.components import (
     start_client,
 )
 from lacme.master.lock import lock_run, lock_wait
+from lacme.master.scoping import (
+    ClientFirst,
+    account_scope,
+    lookup_scope,
+    orders_scope,
+    revoke_scope,
+    scope_connection,
+)
 from lacme.protocol import control, wire
 from lacme.protocol.jws import b64u_encode
+from lacme.protocol.scope import Scope
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +82,7 @@ def install_signal_handlers(stack: ExitStack) -> None:
 
 
 def client_settings(cfg: MasterConfig) -> dict[str, Any]:
-    """The [client] settings the client gets in hello."""
+    """The [client] settings that hello carries."""
     c = cfg.client
     return {
         "server": c.server,
@@ -102,6 +113,8 @@ class ClientSession:
         self.aborting = False
         self.children = Children()
         self.webservers: Webservers | None = None  # until every one is ready
+        self.accountd: socket.socket | None = None  # until handed to the client in hello
+        self.gate: PublishGate | None = None  # known with accountd's greeting
         self.clock = ClockCheck()  # the CA's Date header against our clock
         self.rate_limited: dict[str, float] = {}  # order id -> the CA's Retry-After, seconds
         self.dns_names = tuple(dns_names)
@@ -119,17 +132,13 @@ class ClientSession:
                 self.challenges, self.webservers = open_challenges(
                     self.cfg, self.children, self.stack, self.debug)
             if self.dns_names:
-                self.dns = self._open_dns()
-            accountd, self.accountd_pid = open_accountd(self.cfg, self.children, self.debug)
+                self.dns = open_dns_relay(self)
+            self.accountd, self.accountd_pid = open_accountd(self.cfg, self.children, self.debug)
             # Kept until the end and then shut down, so that accountd sees the
             # end at once instead of after the client's exit.
-            self.stack.callback(shutdown_quietly, accountd)
+            self.stack.callback(shutdown_quietly, self.accountd)
             self.channel, self.client_pid = start_client(
                 self.cfg, self.children, self.stack, self.debug)
-            hello = control.encode_message(
-                "hello", version=control.VERSION, settings=client_settings(self.cfg), debug=self.debug
-            )
-            self.channel.send(hello, fd=accountd.fileno())
         except BaseException as exc:
             self.aborting = isinstance(exc, KeyboardInterrupt)
             self.stack.close()
@@ -142,18 +151,23 @@ class ClientSession:
             isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt))
         self.stack.close()
 
+    def _hello(self, scope: Scope) -> None:
+        """Scope accountd's connection, then hand it over in hello (lacme.master.scoping)."""
+        assert self.channel is not None and self.accountd is not None
+        try:
+            greeting = scope_connection(self.accountd, scope, run_deadline(self.cfg.client.timeout),
+                                        self.channel.sock)
+        except ClientFirst:  # it failed: its error, or its end, is the run's one line
+            list(self._messages())
+            raise LacmeError("the ACME client spoke before hello") from None
+        hello = control.encode_message("hello", version=control.VERSION,
+                                       settings=client_settings(self.cfg), debug=self.debug)
+        self.channel.send(hello, fd=self.accountd.fileno())
+        self.gate = PublishGate(greeting.jwk_thumbprint if greeting else "")
+
     def cancel(self) -> None:
         """No command will be sent: the children are told to stop at the end."""
         self.aborting = True
-
-    def _open_dns(self) -> DnsRelay:
-        from lacme.config.dns import DnsSettings
-        from lacme.master.dnsrelay import open_dns
-        from lacme.master.state import default_directory
-
-        return open_dns(self.cfg.dns or DnsSettings(), self.children, self.stack, self.debug,
-                        self.dns_names, default_directory(self.cfg.state_directory),
-                        lambda: self.aborting)
 
     def _stop_children(self) -> None:
         self.children.stop(self.aborting)
@@ -161,6 +175,7 @@ class ClientSession:
     # ------------------------------------------------------------- commands
     def account(self, **fields: Any) -> dict[str, Any]:
         assert self.channel is not None
+        self._hello(account_scope(self.cfg.client.server, fields))
         self.channel.send(control.encode_message("account", **fields))
         reply: dict[str, Any] | None = None
         for msg in self._messages():
@@ -193,17 +208,26 @@ class ClientSession:
             for sid, names, csr in orders
         ]
         results: dict[str, bool | str] = {o["id"]: "no answer from the ACME client" for o in payload}
+        self._hello(orders_scope(self.cfg.client.server, [(names, csr) for _, names, csr in orders]))
+        assert self.gate is not None
+        self.gate.open([(i["type"], i["value"]) for o in payload for i in o["identifiers"]])
         self.channel.send(control.encode_message("orders", orders=payload))
+        try:
+            return self._order_messages(results, on_certificate)
+        finally:
+            self.gate.close()
+
+    def _order_messages(self, results: dict[str, bool | str],
+                        on_certificate: Callable[..., str | None]) -> dict[str, bool | str]:
+        assert self.challenges is not None
         for msg in self._messages():
             kind = msg["type"]
-            if kind == "publish":
-                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
-            elif kind == "unpublish" and self.challenges is not None:
+            if kind == "unpublish" and self.challenges is not None:
                 self.challenges.unpublish(str(msg.get("token", "")))
             elif kind in ("dns_publish", "dns_unpublish"):
                 from lacme.master.dnsrelay import answer_request
 
-                answer_request(self.dns, self.channel, msg)
+                answer_request(self.dns, self.channel, msg)  # type: ignore[arg-type] # set in __enter__
             elif kind == "certificate" and msg.get("id") in results:
                 pem = str(msg.get("pem", ""))
                 alternates = [a for a in msg.get("alternates") or [] if isinstance(a, str)]
@@ -226,8 +250,9 @@ class ClientSession:
         assert self.channel is not None
         payload = [{"id": sid, "cert_id": cert_id} for sid, cert_id in certificates]
         results: dict[str, dict | str] = {c["id"]: "no answer from the ACME client" for c in payload}
+        self._hello(lookup_scope(self.cfg.client.server))
         self.channel.send(control.encode_message("renewal_info", certificates=payload))
-        return self._collect(results, "renewal_info", lambda msg: msg)
+        return collect(self._messages(), results, "renewal_info", lambda msg: msg)
 
     def dns_persist(self, sections: Sequence[tuple[str, Sequence[str]]]) -> dict[str, dict | str]:
         """For each (id, names): the client's ``persist_info`` (account URL and
@@ -238,8 +263,10 @@ class ClientSession:
             for sid, names in sections]
         results: dict[str, dict | str] = {str(s["id"]): "no answer from the ACME client"
                                           for s in payload}
+        # newOrder for these names, to read the CA's issuer name; no CSR is finalized
+        self._hello(orders_scope(self.cfg.client.server, [(names, b"") for _, names in sections]))
         self.channel.send(control.encode_message("dns_persist", sections=payload))
-        return self._collect(results, "persist_info", lambda msg: msg)
+        return collect(self._messages(), results, "persist_info", lambda msg: msg)
 
     def revoke(self, certificates: Sequence[tuple[str, bytes, str]],
                reason: int | None = None) -> dict[str, bool | str]:
@@ -247,34 +274,21 @@ class ClientSession:
         payload = [{"id": path, "der": b64u_encode(der), "jwk_thumbprint": thumb}
                    for path, der, thumb in certificates]
         results: dict[str, bool | str] = {c["id"]: "no answer from the ACME client" for c in payload}
+        self._hello(revoke_scope(self.cfg.client.server, [der for _, der, _ in certificates], reason))
         self.channel.send(control.encode_message("revoke", certificates=payload, reason=reason))
-        return self._collect(results, "revoked", lambda msg: True)
+        return collect(self._messages(), results, "revoked", lambda msg: True)
 
-    def _collect(self, results: dict[str, Any], answer: str,
-                 value: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
-        """Per-id outcomes until ``done``: ``answer`` messages give ``value(msg)``,
-        ``failed`` ones the reason; ``error`` means the whole command failed."""
-        for msg in self._messages():
-            kind = msg["type"]
-            if kind == answer and msg.get("id") in results:
-                results[msg["id"]] = value(msg)
-            elif kind == "failed" and msg.get("id") in results:
-                results[msg["id"]] = str(msg.get("message", "failed"))
-            elif kind == "done":
-                break
-        return results
 
     def _publish(self, token: str, content: str) -> None:
-        assert self.channel is not None
-        if self.challenges is None:  # every section of the run is proven over DNS
-            self.channel.send(control.encode_message(
-                "published", token=token, ok=False,
-                message="no section of this run uses http-01 (no webserver started)"))
-            return
-        if self.webservers is not None:
-            self.webservers.wait()
-            self.webservers = None
+        """Publish an http-01 answer if the gate allows it (lacme.master.challenges)."""
+        assert self.channel is not None and self.gate is not None
         try:
+            self.gate.check_http01(token, content)
+            if self.challenges is None:  # every section of the run is proven over DNS
+                raise LacmeError("no section of this run uses http-01 (no webserver started)")
+            if self.webservers is not None:
+                self.webservers.wait()
+                self.webservers = None
             self.challenges.publish(token, content)
             answer = control.encode_message("published", token=token, ok=True, message="")
             log.debug("published challenge %s", token)
@@ -310,7 +324,9 @@ class ClientSession:
                 msg = control.decode_message(line, control.CLIENT_TYPES)
             except ProtocolError as exc:
                 raise LacmeError(f"the ACME client: {exc}") from None
-            if msg["type"] == "clock":  # any command: checked here, once
+            if msg["type"] == "publish":  # any command: the gate says whether
+                self._publish(str(msg.get("token", "")), str(msg.get("content", "")))
+            elif msg["type"] == "clock":  # any command: checked here, once
                 self.clock.observe(msg.get("date"), msg.get("url"))
             elif msg["type"] == "error":
                 failure = str(msg.get("message") or "the ACME client failed")
@@ -333,3 +349,29 @@ def failed_command(message: str, accountd_pid: int | None) -> LacmeError:
         if status and status != " (exit status 0)":
             return ReportedError(message + status)
     return LacmeError(message)
+
+
+def collect(messages: Iterable[dict[str, Any]], results: dict[str, Any], answer: str,
+            value: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """Per-id outcomes until ``done``: ``answer`` messages give ``value(msg)``,
+    ``failed`` ones the reason (``error`` is raised by the messages)."""
+    for msg in messages:
+        kind = msg["type"]
+        if kind == answer and msg.get("id") in results:
+            results[msg["id"]] = value(msg)
+        elif kind == "failed" and msg.get("id") in results:
+            results[msg["id"]] = str(msg.get("message", "failed"))
+        elif kind == "done":
+            break
+    return results
+
+
+def open_dns_relay(session: ClientSession) -> DnsRelay:
+    """lacme-dns for the run's dns-01 names (lacme.master.dnsrelay)."""
+    from lacme.config.dns import DnsSettings
+    from lacme.master.dnsrelay import open_dns
+    from lacme.master.state import default_directory
+
+    return open_dns(session.cfg.dns or DnsSettings(), session.children, session.stack,
+                    session.debug, session.dns_names,
+                    default_directory(session.cfg.state_directory), lambda: session.aborting)

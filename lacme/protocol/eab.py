@@ -30,7 +30,7 @@ class BindingError(ValueError):
 def is_binding(header: dict) -> bool:
     """A protected header with a MAC alg: a binding request, not an ACME request."""
     alg = header.get("alg")
-    return isinstance(alg, str) and alg in ALGORITHMS
+    return isinstance(alg, str) and alg in ALGORITHMS  # a peer's alg may be any JSON value
 
 
 def binding_input(alg: str, kid: str, url: str, jwk: dict) -> str:

@@ -1,13 +1,29 @@
 """The lacme-accountd wire protocol, version 1, as pure bytes-in, values-out functions.
 
 Spoken between lacme-accountd (which holds the account key) and the
-unprivileged ACME client, over a UNIX socket, a socket pair or ssh; byte
-compatible with Debian's lacme-accountd 0.8.2.  No I/O here.
+unprivileged ACME client, over a UNIX socket, a socket pair or ssh;
+compatible with Debian's lacme-accountd 0.8.2 both ways (our greeting has
+its members, and extensions that its client ignores).  No I/O here.
 
-    server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, eab-kid, eab-alg][, new-alg, new-jwk]} CRLF
+    server: "1 OK " JSON {alg, jwk-thumbprint[, kid][, eab-kid, eab-alg][, new-alg, new-jwk]
+                          [, scope]} CRLF
             canonical JWK CRLF                 ("{}" when a key id is set)
+    master: [ scope ]                          (extension, see below)
     client: b64u(protected) "." b64u(payload) CRLF     (one per request)
     server: b64u(signature) CRLF               (or closes the connection)
+
+    scope = JSON {"lacme-scope": 1, ...} CRLF  (lacme.protocol.scope)
+
+The scope extension: an accountd that enforces scopes says ``"scope": 1``
+in its greeting (Debian's 0.8.2 does not, and its client ignores the
+member).  The master reads the greeting without consuming it (MSG_PEEK),
+and only when it sees the capability writes one scope line before it hands
+the connection to the client, which then reads the greeting as always.
+The scope is the first line or nothing: accountd refuses a scope anywhere
+else (a second one, or one the client sends), and with ``require-scope``
+a connection whose first line is not a scope.  Nothing answers the scope;
+a request outside it is refused by closing, as any refused request.  A
+line is a scope when it starts with "{", which base64url never does.
 
 ``new-alg`` and ``new-jwk`` (an extension too) announce the new key of an
 account key rollover (lacme.protocol.rollover), which signs only the two
@@ -57,6 +73,7 @@ class Greeting(Record):
     jwk_thumbprint: str
     kid: str | None
     jwk: dict  # {} when kid is set
+    scope: int = 0  # the scope version this accountd enforces (0: none, as Perl's 0.8.2)
     eab_kid: str | None = None  # the EAB key identifier, when accountd holds a MAC key
     eab_alg: str | None = None
     new_alg: str | None = None  # a rollover's new key (lacme.protocol.rollover), when held
@@ -70,6 +87,7 @@ class SignRequest(NamedTuple):
     signing_input: bytes  # the line without CRLF
     header: dict
     payload: bytes  # decoded; b"" for POST-as-GET
+    body: dict | None  # the payload's JSON object; None for POST-as-GET
 
 
 class Refused(Exception):
@@ -85,6 +103,8 @@ def encode_greeting(g: Greeting) -> bytes:
     extra: dict[str, Any] = {"alg": g.alg, "jwk-thumbprint": g.jwk_thumbprint}
     if g.kid is not None:
         extra["kid"] = g.kid
+    if g.scope:
+        extra["scope"] = g.scope
     if g.eab_kid is not None:
         extra["eab-kid"] = g.eab_kid
         extra["eab-alg"] = g.eab_alg or eab.DEFAULT_ALGORITHM
@@ -108,9 +128,9 @@ def parse_greeting(first_line: bytes, jwk_line: bytes) -> Greeting:
         raise ProtocolError(f"accountd: malformed greeting {_show(first_line)}")
     if int(match.group(1)) != PROTOCOL_VERSION:
         raise ProtocolError(f"accountd: unsupported protocol version {match.group(1).decode()}")
-    extra = _decode_object(match.group(2) or b"{}", "accountd: greeting", ProtocolError)
+    extra = decode_object(match.group(2) or b"{}", "accountd: greeting", ProtocolError)
     jwk_text = _strip_crlf(jwk_line, ProtocolError, "accountd: JWK line")
-    jwk = _decode_object(jwk_text, "accountd: JWK", ProtocolError)
+    jwk = decode_object(jwk_text, "accountd: JWK", ProtocolError)
     alg = _optional_str(extra, "alg") or "RS256"
     kid = _optional_str(extra, "kid") or None
     thumbprint = _optional_str(extra, "jwk-thumbprint")
@@ -135,8 +155,12 @@ def parse_greeting(first_line: bytes, jwk_line: bytes) -> Greeting:
         if not isinstance(new_jwk, dict) or new_alg not in ALGORITHMS:
             raise ProtocolError("accountd: greeting new-jwk/new-alg is not a JWK and its alg")
         _check_jwk(new_jwk, new_alg)
+    scope = extra.get("scope", 0)
+    if not isinstance(scope, int) or isinstance(scope, bool) or scope < 0:
+        raise ProtocolError("accountd: greeting scope is not a version number")
     return Greeting(alg=alg, jwk_thumbprint=thumbprint, kid=kid, jwk=jwk, eab_kid=eab_kid,
-                    eab_alg=eab_alg, new_alg=new_alg if new_jwk else None, new_jwk=new_jwk)
+                    eab_alg=eab_alg, new_alg=new_alg if new_jwk else None, new_jwk=new_jwk,
+                    scope=scope)
 
 
 def _check_jwk(jwk: dict, alg: str) -> None:
@@ -175,10 +199,11 @@ def parse_sign_request(
         raise Refused("not a JWS signing input (b64u.b64u CRLF)")
     header_raw = _b64u(match.group(1), "protected header")
     payload = _b64u(match.group(2), "payload")
-    header = _decode_object(header_raw, "protected header", Refused)
+    header = decode_object(header_raw, "protected header", Refused)
     if eab.is_binding(header):
         _check_binding(header, payload, jwk=jwk, binding=binding, origin=origin)
-        return SignRequest(signing_input=line[:-2], header=header, payload=payload)
+        return SignRequest(signing_input=line[:-2], header=header, payload=payload,
+                           body=decode_object(payload, "payload", Refused))
     if new_key is not None and rollover.is_new_key_request(header, new_key[1]):
         try:
             rollover.check_new_key_request(header, payload, new_alg=new_key[0], new_jwk=new_key[1],
@@ -187,11 +212,11 @@ def parse_sign_request(
             raise Refused(str(exc)) from None
         if origin is not None:
             _check_origin(header["url"], origin)
-        return SignRequest(signing_input=line[:-2], header=header, payload=payload)
+        return SignRequest(signing_input=line[:-2], header=header, payload=payload,
+                           body=decode_object(payload, "payload", Refused))
     _check_header(header, alg=alg, jwk=jwk, kid=kid, origin=origin)
-    if payload:
-        _decode_object(payload, "payload", Refused)
-    return SignRequest(signing_input=line[:-2], header=header, payload=payload)
+    body = decode_object(payload, "payload", Refused) if payload else None
+    return SignRequest(signing_input=line[:-2], header=header, payload=payload, body=body)
 
 
 def _check_binding(header: dict, payload: bytes, *, jwk: dict, binding: tuple[str, str] | None,
@@ -275,7 +300,7 @@ def _b64u(part: bytes, what: str) -> bytes:
         raise Refused(f"{what}: {exc}") from None
 
 
-def _decode_object(raw: bytes, what: str, error: type[Exception]) -> dict:
+def decode_object(raw: bytes, what: str, error: type[Exception]) -> dict:
     """Strict JSON object: UTF-8, no duplicate members, no NaN/Infinity."""
     try:
         value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)

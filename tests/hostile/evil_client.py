@@ -1,0 +1,164 @@
+"""A compromised lacme-client: it takes the real client's place (``[client]
+command``) and, instead of its command, tries one forbidden request.
+
+Usage: evil_client.py ATTACK REPORT [CERTIFICATE]   (REPORT "-": a line on stderr)
+
+It speaks the control protocol and the accountd protocol exactly as the
+real client does (hello, the accountd connection, the command), then asks
+accountd to sign ``ATTACK``'s request and sends it to the CA; what came of
+it goes to the JSON file REPORT.  It ends the run with an error, as a
+client that fails would.  Used by tests/hostile/test_scope_attacks.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lacme.client.acme.session import AcmeSession
+from lacme.client.flow import OrderOptions, run_order
+from lacme.client.link import AccountdSigner, Context, ControlLink
+from lacme.client.main import control_socket, parse_settings, receive_command, receive_hello
+from lacme.core import descriptors
+from lacme.protocol import jwk_keys, jws
+from lacme.protocol import scope as sc
+
+EVIL_CONTACT = ["mailto:evil@example.org"]
+EVIL_NAME = "evil-name.example.com"
+
+
+def attacker_key() -> Any:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_change(session: AcmeSession, **_: Any) -> None:
+    """RFC 8555 7.3.5 to the attacker's key: the inner JWS is signed by the new key."""
+    kid = session.lookup_account()
+    url = session.resource("keyChange")
+    key = attacker_key()
+    protected = {"alg": "ES256", "jwk": jwk_keys.public_jwk(key), "url": url}
+    text = jws.signing_input(protected, {"account": kid, "oldKey": session.signer.jwk})
+    session.post(url, jws.flattened(text, jwk_keys.sign(key, "ES256", text.encode("ascii"))))
+
+
+def deactivate(session: AcmeSession, **_: Any) -> None:
+    session.lookup_account()
+    session.deactivate_account()
+
+
+def contact(session: AcmeSession, **_: Any) -> None:
+    session.lookup_account()
+    session.update_account({"contact": EVIL_CONTACT})
+
+
+def new_account(session: AcmeSession, **_: Any) -> None:
+    session.new_account(contact=EVIL_CONTACT, tos_agreed=True)
+
+
+def revoke(session: AcmeSession, certificate: str, **_: Any) -> None:
+    from lacme.x509 import chain as x509
+
+    with open(certificate, "rb") as fh:
+        der = x509.chain_der(x509.parse_chain(fh.read()))[0]
+    session.lookup_account()
+    session.revoke(der, 1)
+
+
+def new_order(session: AcmeSession, **_: Any) -> None:
+    session.lookup_account()
+    session.new_order([{"type": "dns", "value": EVIL_NAME}])
+
+
+def finalize(session: AcmeSession, ctx: Context, command: dict, report: dict, **_: Any) -> None:
+    """The configured order, authorized as usual, finalized with the attacker's own CSR."""
+    from lacme.x509 import csr
+
+    order = command["orders"][0]
+    names = [i["value"] for i in order["identifiers"]]
+    own_csr = csr.build_csr(attacker_key(), [("CN", names[0])], names)
+    real_finalize = session.finalize
+
+    def finalize_recorded(order: Any, csr_der: bytes) -> Any:
+        report["order"] = order.url
+        return real_finalize(order, csr_der)
+
+    session.finalize = finalize_recorded  # type: ignore[method-assign]  # a test program records the order
+    session.lookup_account()
+    run_order(ctx, order["id"], order["identifiers"], own_csr, OrderOptions())
+
+
+def second_scope(session: AcmeSession, signer: AccountdSigner, **_: Any) -> None:
+    """A scope of its own for everything, then an order it would allow."""
+    wide = sc.Scope(operations=frozenset(sc.OPERATIONS), identifiers=frozenset({("dns", EVIL_NAME)}))
+    signer._sock.sendall(sc.encode_scope(wide))
+    session.lookup_account()
+    session.new_order([{"type": "dns", "value": EVIL_NAME}])
+
+
+def publish(link: ControlLink, **_: Any) -> None:
+    """A challenge answer that is not a key authorization of this account."""
+    token = "evil-token-" + "A" * 32
+    link.publish(token, f"{token}.{'B' * 43}", timeout=10)
+
+
+def publish_idle(link: ControlLink, signer: AccountdSigner, **_: Any) -> None:
+    """A key authorization of this account, while no order of the run is pending."""
+    token = "idle-token-" + "A" * 32
+    link.publish(token, f"{token}.{signer.thumbprint}", timeout=10)
+
+
+def publish_many(link: ControlLink, signer: AccountdSigner, command: dict, **_: Any) -> None:
+    """More key authorizations than the run's orders have authorizations."""
+    count = sum(len(o["identifiers"]) for o in command["orders"])
+    for i in range(count + 1):
+        token = f"token-{i}-" + "A" * 32
+        link.publish(token, f"{token}.{signer.thumbprint}", timeout=10)
+
+
+ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account, revoke,
+                                    new_order, finalize, second_scope, publish, publish_idle,
+                                    publish_many)}
+
+
+def main() -> int:
+    attack, report_path = sys.argv[1], sys.argv[2]
+    if attack.startswith("@"):  # the attack's name in a file (one drop-in for every attack)
+        with open(attack[1:]) as fh:
+            attack = fh.read().strip()
+    certificate = sys.argv[3] if len(sys.argv) > 3 and not sys.argv[3].startswith("--") else ""
+    channel = descriptors.Channel(control_socket())
+    hello, accountd = receive_hello(channel)
+    settings = parse_settings(hello.get("settings"))
+    signer = AccountdSigner(accountd, settings.timeout)
+    command = receive_command(channel)
+    link = ControlLink(channel)
+    link.start_reader()
+    session = AcmeSession(settings.server, signer, deadline=time.monotonic() + settings.timeout,
+                          verify=settings.verify)
+    report: dict[str, Any] = {"attack": attack, "command": command["type"]}
+    try:
+        ATTACKS[attack](session=session, signer=signer, link=link, command=command, report=report,
+                        ctx=Context(session, link, signer), certificate=certificate)
+        report["outcome"] = "succeeded"
+    except Exception as exc:  # noqa: BLE001 - whatever stopped it goes to the report
+        report["outcome"] = f"{type(exc).__name__}: {exc}"
+    report["signer_broken"] = signer.broken is not None
+    if report_path == "-":  # systemd mode: the client's sandbox writes nowhere, the journal has it
+        print("LACME-EVIL-REPORT " + json.dumps(report), file=sys.stderr, flush=True)
+    else:
+        with open(report_path, "w") as fh:
+            json.dump(report, fh)
+    try:
+        link.send("error", message=f"hostile client: {attack}: {report['outcome']}")
+        link.send("done")
+    except Exception:  # noqa: BLE001 - the master may have ended the run already
+        pass
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
