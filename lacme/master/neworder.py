@@ -138,7 +138,9 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
     except LacmeError as exc:
         for plan in (pending.values() if pending else due):
             if plan.section.name not in installed:
-                plan.entry = _failed_entry(plan, str(exc))
+                # the run failed as a whole (accountd, the account, the client):
+                # said and kept, but no back-off, which is for orders the CA refused
+                plan.entry = _failed_entry(plan, str(exc), counts=False)
         raise
     for sid, outcome in results.items():
         if outcome is not True:
@@ -197,13 +199,14 @@ def _record_failure(plan: Plan, reason: str, retry_after: float | None = None) -
     plan.entry = _failed_entry(plan, reason, retry_after)
 
 
-def _failed_entry(plan: Plan, reason: str, retry_after: float | None = None) -> Entry:
+def _failed_entry(plan: Plan, reason: str, retry_after: float | None = None, *,
+                  counts: bool = True) -> Entry:
     """One more failed attempt (the back-off grows); a rateLimited problem's
     Retry-After (seconds) is kept as a moment, for the next runs; the stats of
     the configuration, so that changing it ends the back-off."""
     now, entry = time.time(), plan.entry
     return replace(entry, last_attempt=now, last_outcome="failed", last_error=reason[:500],
-                   failures=entry.failures + 1,
+                   failures=entry.failures + 1 if counts else entry.failures,
                    retry_until=now + retry_after if retry_after is not None else entry.retry_until,
                    failed_config=str(config_stamp(plan.config_path, plan.section)))
 

@@ -219,7 +219,6 @@ class ClientSession:
 
     def _order_messages(self, results: dict[str, bool | str],
                         on_certificate: Callable[..., str | None]) -> dict[str, bool | str]:
-        assert self.challenges is not None
         for msg in self._messages():
             kind = msg["type"]
             if kind == "unpublish" and self.challenges is not None:
