@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lacme.client.acme.session import AcmeSession
-from lacme.client.flow import OrderOptions, run_order
+from lacme.client.flow import OrderOptions, finish_order, prepare_order, request_budget
 from lacme.client.link import AccountdSigner, Context, ControlLink
 from lacme.client.main import control_socket, parse_settings, receive_command, receive_hello
 from lacme.core import descriptors
@@ -88,7 +88,9 @@ def finalize(session: AcmeSession, ctx: Context, command: dict, report: dict, **
 
     session.finalize = finalize_recorded  # type: ignore[method-assign]  # a test program records the order
     session.lookup_account()
-    run_order(ctx, order["id"], order["identifiers"], own_csr, OrderOptions())
+    prepared = prepare_order(ctx, order["id"], order["identifiers"], own_csr, OrderOptions(),
+                             request_budget(order["identifiers"], session.remaining()))
+    finish_order(ctx, prepared)
 
 
 def second_scope(session: AcmeSession, signer: AccountdSigner, **_: Any) -> None:

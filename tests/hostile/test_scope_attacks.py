@@ -100,6 +100,7 @@ def test_compromised_client_can_only_fail_the_run(victim, pebble, tmp_path, atta
     offset = pebble.log_offset()
     command = COMMANDS.get(attack, ["newOrder", "--force"])
     done = victim.attack(attack, report_path, command)
+    assert report_path.exists(), done.stderr
     report = json.loads(report_path.read_text())
     assert report["outcome"] != "succeeded", report
     assert done.returncode == 1 and "Traceback" not in done.stderr
