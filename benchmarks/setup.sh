@@ -12,7 +12,7 @@
 # so the benchmark always measures the working tree.
 set -euo pipefail
 
-VENV=/opt/lacme-bench-venv
+VENV=${LACME_BENCH_VENV:-/opt/lacme-bench-venv}  # another one: two trees side by side
 PACKAGES=(
     pebble lacme lacme-accountd libcrypt-openssl-rsa-perl acme-tiny uacme certbot
     python3 python3-venv python3-dev libsystemd-dev pkg-config gcc util-linux mount
