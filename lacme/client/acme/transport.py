@@ -177,6 +177,7 @@ class Transport:
             self._watchdog.stop()
             raise
         self._budget = threading.local()  # requests left to the calling thread's order
+        self._timing = threading.local()  # the calling thread's last round trip
         self.nonces = NoncePool(self._cancelled)
 
     # -- lifetime ------------------------------------------------------------
@@ -237,6 +238,10 @@ class Transport:
             raise AcmeError(f"{escape_text(url, 200)}: timed out (client timeout reached)")
         return left
 
+    def last_round_trip(self) -> float | None:
+        """Seconds the calling thread's last request took, body included (None before one)."""
+        return getattr(self._timing, "round_trip", None)
+
     def sleep(self, url: str, seconds: float) -> None:
         """Wait ``seconds``, or AcmeError as soon as the session is cancelled."""
         if self._cancelled.wait(seconds):
@@ -255,6 +260,7 @@ class Transport:
         left = self.check_time(url)
         self._spend_request(url)
         log.debug("%s %s", method, escape_text(url))
+        started = time.monotonic()
         try:
             response = self._http.request(method, url, timeout=left, allow_redirects=False,
                                           stream=True, **kwargs)
@@ -268,6 +274,7 @@ class Transport:
             if self.remaining() <= 0:
                 raise AcmeError(f"{escape_text(url, 200)}: timed out (client timeout reached)") from None
             raise AcmeError(f"{escape_text(url, 200)}: {describe_exception(exc)}") from None
+        self._timing.round_trip = time.monotonic() - started
         nonce = response.headers.get("Replay-Nonce")
         if nonce and pool_nonce:
             self.nonces.put(nonce)
