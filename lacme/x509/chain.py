@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, VerificationError
 
 from lacme.core.errors import CertificateError
+from lacme.core.readfile import read_bytes
 from lacme.core.text import escape_text
 from lacme.protocol import jwk_keys, jws
 from lacme.x509.cafile import default_cafile
@@ -91,13 +92,7 @@ def chain_der(chain: Sequence[x509.Certificate]) -> list[bytes]:
 
 def load_roots(path: str) -> list[x509.Certificate]:
     """Every certificate of a PEM bundle (comments between blocks allowed)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise CertificateError(f"{path}: no such file") from None
-    except OSError as e:
-        raise CertificateError(f"{path}: {e.strerror or e}") from None
+    data = read_bytes(path, CertificateError)
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError:

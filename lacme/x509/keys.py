@@ -14,19 +14,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lacme.core.errors import CertificateError, LacmeError
+from lacme.core.readfile import read_bytes
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 def load_private_key(path: str) -> PrivateKey:
     """Load an unencrypted PEM RSA or EC private key (PKCS#8 or traditional)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise LacmeError(f"{path}: no such file") from None
-    except OSError as e:
-        raise LacmeError(f"{path}: {e.strerror or e}") from None
+    data = read_bytes(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
