@@ -44,13 +44,14 @@ from clients import (  # noqa: E402
     Certbot,
     Context,
     Lacme,
+    LacmeBase,
     LacmePerl,
     Uacme,
     clean_env,
     unique_names,
 )
 from measure import Command, become_subreaper, run_commands  # noqa: E402
-from report import SYSTEMD, write_reports  # noqa: E402
+from report import BASE, SYSTEMD, write_reports  # noqa: E402
 from systemd_mode import LacmeSystemd  # noqa: E402
 
 from tests.pebble import start_pebble  # noqa: E402
@@ -62,7 +63,10 @@ PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"}
 # alone).  Results of the "pebble" variant are recorded as "S1/pebble" etc.
 TRUST = ("system", "pebble")
 TRUSTED_SCENARIOS = ("S1", "S2", "S3", "S4")
-ADAPTERS = (Lacme, LacmeSystemd, LacmePerl, AcmeTiny, Uacme, Certbot)
+ADAPTERS = (Lacme, LacmeBase, LacmeSystemd, LacmePerl, AcmeTiny, Uacme, Certbot)
+# lacme-base (a baseline tree) runs when asked for or when LACME_BENCH_BASELINE names its venv
+DEFAULT_CLIENTS = [a.name for a in ADAPTERS
+                   if a is not LacmeBase or "LACME_BENCH_BASELINE" in os.environ]
 # Modules a no-op run must not load: the network, cryptography, the client
 # package, the master's run set-up, the protocols and the X.509 code that needs
 # cryptography (lacme.x509.der, the DER reader of the no-op path, is allowed).
@@ -313,7 +317,7 @@ def parse_args() -> argparse.Namespace:
                    type=lambda v: [int(n) for n in v.split(",")],
                    help="S7: certificates per run, one run per size (default 20,100,300,1000)")
     p.add_argument("--s7-runs", type=int, default=1, help="runs of each S7 size (default 1)")
-    p.add_argument("--clients", default=",".join(a.name for a in ADAPTERS))
+    p.add_argument("--clients", default=",".join(DEFAULT_CLIENTS))
     p.add_argument("--out", default=str(HERE), help="where results.json and RESULTS.md go")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p.parse_args()
@@ -430,14 +434,14 @@ def main() -> int:
                 save()
         use_trust(args.trust[0], bundles, adapters)
         if "S5" in scenarios:
-            lacmes = [a for a in adapters if a.name in ("lacme", SYSTEMD, "lacme-perl")]
-            limits = {"lacme": args.s5_runs, SYSTEMD: args.s5_runs,
+            lacmes = [a for a in adapters if a.name in ("lacme", BASE, SYSTEMD, "lacme-perl")]
+            limits = {"lacme": args.s5_runs, BASE: args.s5_runs, SYSTEMD: args.s5_runs,
                       "lacme-perl": args.s5_perl_runs}
             stage("S5", notes, runner.issuance, "S5", lacmes, args.s5_runs, certs=100, names=1,
                   register=False, limits=limits)
             save()
         if "S7" in scenarios:
-            lacmes = [a for a in adapters if a.name in ("lacme", SYSTEMD)]
+            lacmes = [a for a in adapters if a.name in ("lacme", BASE, SYSTEMD)]
             notes["s7_curve"] = args.curve
             for n in args.curve:
                 stage(f"S7 N={n}", notes, runner.scale, n, lacmes, args.s7_runs)

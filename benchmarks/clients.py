@@ -222,6 +222,15 @@ class Lacme(LacmeFamily):
             f"[accountd]\nconfig = {state}/lacme-accountd.conf\nquiet = Yes\n")
 
 
+class LacmeBase(Lacme):
+    """Another tree of this project, fork mode, the same configuration: the tree
+    before a change, installed in its own venv (``LACME_BENCH_BASELINE``, a venv
+    that setup.sh made with ``LACME_BENCH_VENV``), for side-by-side ratios."""
+
+    name = "lacme-base"
+    program = os.path.join(os.environ.get("LACME_BENCH_BASELINE", "/nonexistent"), "bin", "lacme")
+
+
 class LacmePerl(LacmeFamily):
     """Debian's lacme 0.8.2 (Perl): same layout, its own accountd spawned by its master."""
 

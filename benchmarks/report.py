@@ -29,6 +29,8 @@ VARIANTS = {"": "trust: the system bundle plus Pebble's TLS CA",
 S7_RSS_FACTOR, S7_WALL_FACTOR, S7_NOOP_MAX = 2.0, 12.0, 0.3  # issue 16's targets
 US = "lacme"
 SYSTEMD = "lacme-systemd"
+BASE = "lacme-base"  # the tree before a change (clients.LacmeBase): not a peer
+NO_REGRESSION = {"S3": 1.05, "S4": 1.05, "S5": 1.05}  # this tree / the baseline's, at most
 
 
 def ok_runs(runs: list[dict]) -> list[dict]:
@@ -91,7 +93,7 @@ def compute(results: dict) -> tuple[dict, dict, dict]:
     """Summaries; fork mode's ratios to its peers; systemd mode's ratios to every other client."""
     summary = {s: {c: summarize(runs) for c, runs in clients.items()}
                for s, clients in results.items()}
-    return summary, ratios_of(results, US, (SYSTEMD,)), ratios_of(results, SYSTEMD)
+    return summary, ratios_of(results, US, (SYSTEMD,)), ratios_of(results, SYSTEMD, (BASE,))
 
 
 def shape(scenario: str) -> tuple[int, int] | None:
@@ -152,7 +154,7 @@ def targets(summary: dict, ratios: dict, results: dict, notes: dict, us: str = U
     r = ratio("S2", f"{us} S1")
     add("S2", "<= 1.2 x this project's S1", r, None if r is None else r <= 1.2)
     r = ratio("S3", "lacme-perl")
-    peers = {p: v["median"] for p, v in ratios.get("S3", {}).items() if p != US}
+    peers = {p: v["median"] for p, v in ratios.get("S3", {}).items() if p not in (US, BASE)}
     below = all(v < 1.0 for v in peers.values()) if peers else None
     add("S3", "<= 0.05 x lacme-perl, and below every peer", r,
         None if r is None else r <= 0.05 and bool(below),
@@ -175,6 +177,11 @@ def targets(summary: dict, ratios: dict, results: dict, notes: dict, us: str = U
         None if pss is None else pss <= 60,
         "" if not mem else f"summed RSS (shared pages once per process): {mem:.1f} MB")
     scale_targets(summary, results, us, add)
+    if us == US:
+        for scenario, limit in NO_REGRESSION.items():
+            r = ratio(scenario, BASE)
+            add(f"No regression {scenario}", f"<= {limit:g} x the baseline tree (lacme-base), "
+                "pair by pair", r, None if r is None else r <= limit)
     return out
 
 
