@@ -84,15 +84,17 @@ def phases(events: list[tuple[float, int, str, str]], t0: float) -> list[dict]:
     names = program_names(events)
     out = []
     for pid, name in names.items():
+        execs = [e[0] for e in events if e[1] == pid and e[2] == "exec"]
         own = [e for e in events if e[1] == pid]
-        ready = own[0][0]
+        ready = next(e[0] for e in own if e[2] == "ready")
+        own = [e for e in own if e[0] >= ready]  # after the exec: this program's own
         work = [e for e in own if e[2] not in ("import", "ready")]
         first_work = work[0][0] if work else own[-1][0]
         imports = [e[0] for e in own if e[2] == "import" and e[0] <= first_work]
         late = sum(1 for e in own if e[2] == "import" and e[0] > first_work)
         requests = [e for e in own if e[2] == "request"]
         exits = [e[0] for e in own if e[2] == "exit"]
-        spawned = [e[0] for e in events if e[2] == "exec" and e[3] == name and e[0] <= ready]
+        spawned = execs[-1:]
         out.append({
             "pid": pid, "program": name,
             "exec": round((spawned[-1] - t0) * 1000, 1) if spawned else None,
