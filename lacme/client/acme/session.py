@@ -24,13 +24,12 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from lacme import __version__
-from lacme.client.acme.messages import Account, Authorization, Order
+from lacme.client.acme.messages import Account, Authorization, Order, parse_retry_after
 from lacme.client.acme.transport import (
     MAX_CHAIN_BYTES,
     MAX_JSON_BYTES,
     Response,
     Transport,
-    parse_retry_after,
 )
 from lacme.core.errors import AcmeError
 from lacme.core.text import escape_text

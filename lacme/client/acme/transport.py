@@ -14,9 +14,9 @@ Implements RFC 8555 6.1 (HTTPS, User-Agent, Accept-Language), 6.5 (nonces,
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
 import logging
+import os
 import ssl
 import sys
 import threading
@@ -34,11 +34,9 @@ from lacme.core.log import VERBOSE
 from lacme.core.origin import origin_of
 from lacme.core.text import escape_text
 
-# requests guesses the charset of a body for ``.text`` with charset_normalizer
-# (or chardet) and imports it whole at its own import: some 90 modules, 6 ms and
-# 1.6 MB per client.  Bodies are read here as octets and JSON is UTF-8 (RFC 8259
-# 8.1), so neither is loaded (an entry of None makes the import fail, which
-# requests handles: ``.text`` then assumes UTF-8); its warning about that is muted.
+# requests imports a charset guesser for ``.text`` (charset_normalizer: 90 modules,
+# 6 ms, 1.6 MB); bodies are read here as octets and JSON is UTF-8 (RFC 8259 8.1),
+# so it is not loaded (None in sys.modules fails the import; requests copes).
 for _guesser in ("charset_normalizer", "chardet"):
     sys.modules.setdefault(_guesser, None)  # type: ignore[arg-type]  # None blocks an import (importlib docs)
 with warnings.catch_warnings():
@@ -57,24 +55,6 @@ MAX_GET_REDIRECTS = 3  # GET redirects followed, and only within the server's or
 READ_CHUNK = 64 * 1024
 JSON_TYPES = ("application/json", "application/problem+json")
 Response = requests.Response  # what every request returns (the session's type for it)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delay-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -127,11 +107,35 @@ class _RefusingAdapter(HTTPAdapter):
 
 
 class _TLSAdapter(HTTPAdapter):
-    """An HTTPAdapter whose connections use one given SSLContext."""
+    """Connections with one SSLContext, the trust anchors (SSL_ca_file, or requests'
+    bundle) loaded into it once, not parsed again for each new connection (10 ms
+    for a system bundle); a missing file is left to requests, whose error names it."""
 
     def __init__(self, context: ssl.SSLContext, **kwargs: Any) -> None:
         self._context = context
+        self._trust_lock = threading.Lock()
+        self._trusted: str | None = None  # the file or directory loaded
         super().__init__(**kwargs)
+
+    def _load_trust(self, verify: Any) -> None:
+        where = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+        with self._trust_lock:
+            if verify and self._trusted != where and os.path.exists(where):
+                self._context.load_verify_locations(*(None, where) if os.path.isdir(where) else (where,))
+                self._trusted = where
+
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any,
+                                             cert: Any = None) -> tuple[Any, Any]:
+        self._load_trust(verify)
+        host, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        if self._trusted is not None:  # in the context already
+            pool_kwargs.pop("ca_certs", None), pool_kwargs.pop("ca_cert_dir", None)
+        return host, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)  # its checks, its error for a missing file
+        if self._trusted is not None and verify:
+            conn.ca_certs = conn.ca_cert_dir = None
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._context
@@ -249,8 +253,7 @@ class Transport:
             raise AcmeError(f"{escape_text(url, 200)}: timed out (client timeout reached)")
         return left
 
-    def last_round_trip(self) -> float | None:
-        """Seconds the calling thread's last request took, body included (None before one)."""
+    def last_round_trip(self) -> float | None:  # seconds, body included; None before one
         return getattr(self._timing, "round_trip", None)
 
     def sleep(self, url: str, seconds: float) -> None:
