@@ -39,12 +39,16 @@ def setup(tmp_path, pebble, registered_key) -> LacmeSetup:
     return s
 
 
-def private_challenge_dirs() -> set[str]:
-    tmp = os.environ.get("TMPDIR") or "/tmp"
-    return {n for n in os.listdir(tmp) if n.startswith("lacme-challenges.")}
+def private_tmpdir(tmp_path: Path) -> dict[str, str]:
+    """A TMPDIR of the test's own for the master, where its challenge
+    directory goes: other test sessions on the machine leave theirs in /tmp."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir(exist_ok=True)
+    return {"TMPDIR": str(tmp)}
 
 
-PRE_EXISTING = private_challenge_dirs()
+def leftover_challenge_dirs(env: dict[str, str]) -> list[str]:
+    return [n for n in os.listdir(env["TMPDIR"]) if n.startswith("lacme-challenges.")]
 
 
 # ---------------------------------------------------------------- account
@@ -113,7 +117,8 @@ def test_new_order_installs_verified_certificate(setup, pebble, kind, tmp_path):
     section = setup.add_section("www", [name], key_kind=kind, chmod="0640",
                                 notify=f"echo done >> {marker}")
     setup.write_certs()
-    done = setup.run("newOrder")
+    env = private_tmpdir(tmp_path)
+    done = setup.run("newOrder", env=env)
     assert done.returncode == 0, done.stderr
     leaf = load_chain(Path(section["certificate"]))
     chain = load_chain(Path(section["certificate-chain"]))
@@ -126,7 +131,7 @@ def test_new_order_installs_verified_certificate(setup, pebble, kind, tmp_path):
         key.public_key().public_bytes(serialization.Encoding.DER, spki)
     assert os.stat(section["certificate"]).st_mode & 0o777 == 0o640
     assert marker.read_text() == "done\n"
-    assert not private_challenge_dirs() - PRE_EXISTING
+    assert leftover_challenge_dirs(env) == []
 
 
 
@@ -230,11 +235,12 @@ def test_new_order_failed_validation_leaves_old_certificate(setup, tmp_path):
     section = setup.add_section("www", [unique_name()])
     setup.write_certs()
     Path(section["certificate"]).write_bytes(b"old certificate\n")
-    done = setup.run("newOrder", "--force")
+    env = private_tmpdir(tmp_path)
+    done = setup.run("newOrder", "--force", env=env)
     assert done.returncode == 1
     assert Path(section["certificate"]).read_bytes() == b"old certificate\n"
     assert "Traceback" not in done.stderr
-    assert not private_challenge_dirs() - PRE_EXISTING
+    assert leftover_challenge_dirs(env) == []
 
 
 def test_new_order_stopped_ca_is_a_clear_error(setup, pebble_factory, tmp_path):
