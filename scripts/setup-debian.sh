@@ -19,7 +19,7 @@ PACKAGES=(
     pebble lacme lacme-accountd libcrypt-openssl-rsa-perl
     libsystemd-dev pkg-config systemd-container iptables openssl gnupg
     python3-venv python3-dev python3-pip gcc make iproute2
-    nginx-light apache2 mandoc groff-base man-db debootstrap
+    nginx-light apache2 mandoc groff-base man-db debootstrap faketime
     openssh-server openssh-client
 )
 # Test peers that are daemons: the tests start instances of their own on

@@ -121,6 +121,7 @@ class LacmeSetup:
     client_command: str = "lacme-client"
     webserver_command: str = "lacme-webserver"
     accountd_command: str = "lacme-accountd"
+    extra_default: str = ""  # lines of lacme.conf's default section (e.g. run-interval)
     extra_client: str = ""
     extra_webserver: str = ""
     listen: str | None = None  # default: where Pebble's VA connects
@@ -146,6 +147,7 @@ class LacmeSetup:
         self.cafile.write_bytes(self.pebble.root_pem())
         (self.root / "lacme-accountd.conf").write_text(f"privkey = file:{self.account_key}\n")
         lines = [
+            self.extra_default,
             "[client]",
             f"server = {self.pebble.directory_url}",
             f"SSL_ca_file = {tls_ca}",

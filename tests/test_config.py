@@ -123,6 +123,15 @@ def test_master_defaults(tmp_path: Path) -> None:
     assert (conf.webserver.user, conf.webserver.group) == ("_lacme-www", "nogroup")
     assert conf.webserver.command == ("lacme-webserver",) and conf.webserver.iptables is False
     assert conf.accountd is None
+    assert conf.run_interval == 3600
+
+
+@pytest.mark.parametrize("value, seconds", [("600", 600), ("2.5", 2.5), ("30s", 30),
+                                            ("90min", 5400), ("5m", 300), ("1h", 3600),
+                                            ("2 d", 172800)])
+def test_master_run_interval(tmp_path: Path, value: str, seconds: float) -> None:
+    conf = load_master_config(write(tmp_path / "lacme.conf", f"run-interval = {value}\n"), ROOT)
+    assert conf.run_interval == seconds
 
 
 def test_master_settings_expanded(tmp_path: Path) -> None:
@@ -180,6 +189,10 @@ def test_master_socket_override_drops_accountd(tmp_path: Path) -> None:
     ("[www]\nfoo = 1\n", ": ", ["unknown section [www]"]),
     ("foo = 1\n", ": ", ['unknown setting "foo"']),
     ("config-certs = %x\n", " config-certs: ", ["%x"]),
+    ("run-interval = 0\n", " run-interval: ", ['not a positive duration', '"0"']),
+    ("run-interval = 1w\n", " run-interval: ", ['"1w"']),
+    ("run-interval = -5min\n", " run-interval: ", ['"-5min"']),
+    ("run-interval = hourly\n", " run-interval: ", ['"hourly"']),
     ("[webserver]\nlisten = 1.2.3.4:99999\n", " [webserver] listen: ", ["99999"]),
     ("[webserver]\nlisten = 1.2.3.400\n", " [webserver] listen: ", ["1.2.3.400"]),
     ("[webserver]\nlisten = [::g]\n", " [webserver] listen: ", ["[::g]"]),

@@ -76,43 +76,103 @@ def test_window_in_the_past_means_now():
     assert choose_moment(Window(T0 - 3600, T0 - 3599), lifetime, now) == now
 
 
-def test_wide_window_is_narrowed_to_the_late_part_of_the_lifetime():
+def test_wide_window_is_clamped_to_the_margin():
     lifetime = life(120)  # Pebble: its +-24 h window covers the whole lifetime
-    usable = usable_window(Window(T0, T0 + 120), lifetime, T0)
-    assert usable == Window(T0 + 90, T0 + 105)
+    usable = usable_window(Window(T0, T0 + 120), lifetime, T0, period=10)
+    bound = T0 + 120 - 30 - 10  # a quarter of the lifetime and one timer period
+    assert usable == Window(bound - 120 / 32, bound)
 
 
-def test_window_starting_after_seven_eighths_is_capped():
+def test_window_starting_after_the_margin_is_the_bound():
     lifetime = life(800)
-    usable = usable_window(Window(T0 + 750, T0 + 790), lifetime, T0)
-    assert usable == Window(T0 + 700, T0 + 700)
+    usable = usable_window(Window(T0 + 750, T0 + 790), lifetime, T0, period=50)
+    assert usable == Window(T0 + 550, T0 + 550)
+
+
+def test_timer_too_slow_for_the_lifetime_renews_at_half():
+    # an hourly timer and a one-hour certificate: the margin cannot be kept
+    lifetime = life(3600)
+    assert renewal.margin_bound(lifetime, 3600) == T0 + 1800
+    assert decide(lifetime, T0 + 3500, T0 + 1801, 3600).due
+
+
+def test_moment_chosen_past_the_margin_by_an_older_rule_is_pulled_in():
+    lifetime = life(6 * DAY)
+    old_choice = lifetime.at(0.85)  # the former [3/4, 7/8] narrowing
+    bound = renewal.margin_bound(lifetime, 3600)
+    assert not decide(lifetime, old_choice, bound - 1, 3600).due
+    due = decide(lifetime, old_choice, bound, 3600)
+    assert due.due and due.renew_at == bound and "margin" in due.reason
+
+
+def test_without_ari_the_margin_bounds_the_lifetime_rule():
+    # 60-s certificates on a 20-s timer: 1/2 would leave 30 s, fewer than 15 + 20
+    lifetime = life(60)
+    assert decide(lifetime, None, T0 + 29, 20).renew_at == T0 + 30  # the floor: half
+    lifetime = life(90 * DAY)  # 2/3 leaves 30 days: more than 22.5 days + 1 h
+    assert decide(lifetime, None, T0, 3600).renew_at == pytest.approx(T0 + 60 * DAY)
+
+
+lengths = st.floats(min_value=60, max_value=400 * DAY)
+
+
+@settings(max_examples=500, deadline=None)
+@given(length=lengths, start=st.floats(min_value=-1.5, max_value=1.5),
+       width=st.floats(min_value=1e-4, max_value=2), now=st.floats(min_value=0, max_value=1.2),
+       period_share=st.floats(min_value=0, max_value=0.25), seed=st.integers(0, 2 ** 32))
+def test_margin_always_holds_and_windows_inside_it_are_untouched(
+        length, start, width, now, period_share, seed):
+    lifetime = life(length)
+    period = length * period_share  # a timer that can keep the margin: period <= 1/4
+    window = Window(T0 + start * length, T0 + (start + width) * length)
+    at = T0 + now * length
+    chosen = choose_moment(window, lifetime, at, random.Random(seed), period=period)
+    decision = decide(lifetime, chosen, at, period)
+    # whatever the window, the moment lacme renews at leaves 1/4 + one period
+    if decision.renew_at is None:  # expired: now
+        assert decision.due and at >= lifetime.not_after
+    else:
+        assert decision.renew_at <= lifetime.not_after - length / 4 - period + 1e-6 * length
+    if window.end <= at:
+        assert chosen == at
+    elif window.end <= lifetime.not_after - length / 4 - period:
+        # wholly inside the bound: followed as before
+        assert window.start - 1e-6 <= chosen <= window.end + 1e-6
+        assert decide(lifetime, chosen, chosen, period).due
+        assert not decide(lifetime, chosen, chosen - 1e-3 * length, period).due or \
+            chosen - 1e-3 * length < window.start
+    else:  # clamped: in the window's part before the bound, or the bound itself
+        bound = renewal.margin_bound(lifetime, period)
+        assert chosen <= bound + 1e-6
+        assert chosen >= min(window.start, bound) - 1e-6 or chosen == at
 
 
 @settings(max_examples=300, deadline=None)
-@given(length=st.floats(min_value=60, max_value=400 * DAY),
-       start=st.floats(min_value=-1.5, max_value=1.5), width=st.floats(min_value=1e-4, max_value=2),
-       now=st.floats(min_value=0, max_value=1.2), seed=st.integers(0, 2 ** 32))
-def test_chosen_moment_is_in_the_window_or_now_and_never_after_seven_eighths(
-        length, start, width, now, seed):
+@given(length=lengths, period_share=st.floats(min_value=0, max_value=0.25),
+       chosen=st.floats(min_value=0, max_value=1), now=st.floats(min_value=0, max_value=1))
+def test_decide_never_waits_past_the_margin(length, period_share, chosen, now):
+    """Even a moment stored by another rule (or another run-interval)."""
+    lifetime, period = life(length), length * period_share
+    decision = decide(lifetime, T0 + chosen * length, T0 + now * length, period)
+    bound = lifetime.not_after - length / 4 - period
+    if decision.renew_at is None:  # expired
+        assert decision.due and now * length >= length - 1
+        return
+    assert decision.renew_at <= bound + 1e-6 * length
+    assert decision.due == (T0 + now * length >= decision.renew_at)
+
+
+@pytest.mark.parametrize("length, period", [(60, 2), (120, 1), (6 * DAY, 3600),
+                                            (90 * DAY, 3600)])
+def test_wide_window_stays_under_one_point_four_five_renewals_per_lifetime(length, period):
     lifetime = life(length)
-    window = Window(T0 + start * length, T0 + (start + width) * length)
-    at = T0 + now * length
-    chosen = choose_moment(window, lifetime, at, random.Random(seed))
-    if window.end <= at:
-        assert chosen == at
-    else:
-        assert chosen <= max(lifetime.at(7 / 8), window.start)
-        in_window = window.start - 1e-6 <= chosen <= window.end + 1e-6
-        assert in_window or chosen == pytest.approx(lifetime.at(7 / 8))
-
-
-def test_wide_window_gives_fewer_than_one_point_three_renewals_per_lifetime():
-    lifetime = life(120)
     rng = random.Random(7)
-    moments = [choose_moment(Window(T0, T0 + 120), lifetime, T0, rng) for _ in range(2000)]
-    used = sum(m - T0 for m in moments) / len(moments)
-    assert 120 / used <= 1.3
-    assert max(moments) <= T0 + 105  # the last eighth stays free for retries
+    moments = [choose_moment(Window(T0, T0 + length), lifetime, T0, rng, period=period)
+               for _ in range(2000)]
+    # the first run after the moment renews: half a period later on average
+    used = sum(m - T0 for m in moments) / len(moments) + period / 2
+    assert length / used <= 1.45
+    assert max(moments) <= T0 + length * 3 / 4 - period + 1e-6  # the margin stays free
 
 
 # -- ARI: when to ask again ----------------------------------------------------------
@@ -179,7 +239,7 @@ def test_state_directory_precedence(monkeypatch):
 def full_entry(section: str = "s", path: str = "/p") -> Entry:
     """An entry with every field set."""
     text = {"cert_id", "explanation_url", "last_outcome", "last_error", "replaced", "key_file",
-            "key_spki", "cafile_check"}
+            "key_spki", "cafile_check", "failed_config"}
     flags = {"ari", "cafile_ok"}
     return Entry(section, path, **{name: ("x" if name in text else False if name in flags else T0)
                                    for name in Entry._fields[2:]})

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.pebble,
               pytest.mark.skipif(not os.access(PEBBLE_SID, os.X_OK),
                                  reason=f"{PEBBLE_SID} missing: run scripts/setup-debian.sh")]
 
+RUN_INTERVAL = 60  # lacme.conf run-interval: seconds between two runs of the timer
 PROFILES = {"default": {"description": "one hour", "validityPeriod": 3600},
             "shortlived": {"description": "ten minutes", "validityPeriod": 600}}
 RENEWAL_INFO = "GET /draft-ietf-acme-ari-03"  # Pebble's renewalInfo path, as counted
@@ -46,7 +47,8 @@ def account_key(ari_pebble, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def setup(tmp_path, ari_pebble, account_key) -> LacmeSetup:
-    s = LacmeSetup(root=tmp_path / "etc", pebble=ari_pebble, account_key=account_key)
+    s = LacmeSetup(root=tmp_path / "etc", pebble=ari_pebble, account_key=account_key,
+                   extra_default=f"run-interval = {RUN_INTERVAL}")
     s.write()
     s.state = tmp_path / "state"  # type: ignore[attr-defined]
     return s
@@ -110,8 +112,10 @@ def test_nothing_due_contacts_nobody_then_only_renewal_info(setup, ari_pebble):
     entry = state_entry(setup)
     assert entry["ari"] is True and entry["window_start"] < entry["chosen"] < entry["window_end"]
     assert entry["next_check"] - entry["last_check"] == pytest.approx(36, abs=0.5)
-    # Pebble's window covers the whole hour: the moment is chosen in [3/4, 7/8] of it
-    assert entry["not_before"] + 2700 <= entry["chosen"] <= entry["not_before"] + 3150 + 1
+    # Pebble's window covers the whole hour: it is clamped to the margin, a quarter
+    # lifetime plus one run-interval before notAfter, and its last 1/32 before that
+    bound = entry["not_after"] - (entry["not_after"] - entry["not_before"]) / 4 - RUN_INTERVAL
+    assert bound - 3600 / 32 - 1 <= entry["chosen"] <= bound
     offset = ari_pebble.log_offset()
     assert run(setup, "newOrder").returncode == 0  # window known, check not due
     assert ari_pebble.requests_since(offset) == {}

@@ -7,8 +7,9 @@ sampler watches the installed certificate.  Along the way the CA changes
 its mind twice (``set-renewal-info`` with a window in the past, then a
 revocation) and goes away for a quarter of a lifetime (SIGSTOP) around the
 moment lacme chose to renew.  Asserted: zero seconds without a valid
-certificate installed, at most 1.3 renewals per lifetime for the ordinary
-renewals, ``replaces`` on every renewal (Pebble logs the replacements), and
+certificate installed, at most 1.45 renewals per lifetime for the ordinary
+renewals (the margin: a quarter lifetime plus one timer period),
+``replaces`` on every renewal (Pebble logs the replacements), and
 each change of window followed by the first run after it.
 """
 
@@ -137,7 +138,7 @@ def ari_pebble(tmp_path) -> Pebble:
 def test_short_lifetimes_never_lapse_and_follow_the_ca(ari_pebble, tmp_path):
     key = write_key(tmp_path / "account.key", "p256")
     setup = LacmeSetup(root=tmp_path / "etc", pebble=ari_pebble, account_key=key,
-                       extra_client="timeout = 4")
+                       extra_default=f"run-interval = {TIMER}", extra_client="timeout = 4")
     setup.add_section("www", [unique_name()], key_kind="p256", profile="default")
     setup.write()
     env = {"STATE_DIRECTORY": str(tmp_path / "state")}
@@ -215,7 +216,7 @@ def test_short_lifetimes_never_lapse_and_follow_the_ca(ari_pebble, tmp_path):
           f"{len(forced)} asked by the CA), {per_lifetime:.2f} ordinary renewals per lifetime, "
           f"{sim.lapse:.1f} s lapse, {len(sim.runs)} runs")
     assert len(ordinary) >= 3
-    assert per_lifetime <= 1.3, used
+    assert per_lifetime <= 1.45, used
     assert ari_pebble.log_text().count(REPLACEMENT_LOG) == len(renewals)
 
 

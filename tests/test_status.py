@@ -53,7 +53,7 @@ def write_cert(path: Path, not_before: float, not_after: float) -> str:
 def conf(tmp_path: Path) -> Path:
     (tmp_path / "lacme.conf").write_text(
         f"config-certs = certs.conf\nstate-directory = {tmp_path / 'state'}\n"
-        "[client]\nserver = https://127.0.0.1:1/dir\n")
+        "run-interval = 10\n[client]\nserver = https://127.0.0.1:1/dir\n")
     sections = []
     for name in ("mail", "www"):
         sections.append(f"[{name}]\ncertificate-key = {tmp_path}/{name}.key\n"
@@ -77,7 +77,7 @@ def test_status_all_fresh_exits_zero_with_window_and_moment(conf):
     write_cert(conf / "mail.pem", now - 100, now + 500)
     StateStore(str(conf / "state")).save([Entry(
         "www", str(conf / "www.pem"), cert_id=cert_id, not_after=float(int(now + 500)),
-        window_start=now + 300, window_end=now + 400, chosen=now + 350, next_check=now + 60,
+        window_start=now + 250, window_end=now + 320, chosen=now + 300, next_check=now + 60,
         last_outcome="installed", last_attempt=now - 100, last_success=now - 100,
         explanation_url="https://ca.example/why")])
     done = status(conf, "--json")
@@ -86,7 +86,7 @@ def test_status_all_fresh_exits_zero_with_window_and_moment(conf):
     www = report["www"]
     assert www["identifiers"] == ["www.example.org", "192.0.2.7"]
     assert www["profile"] == "shortlived" and www["problem"] is None
-    assert www["chosen"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 350))
+    assert www["chosen"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 300))
     assert www["renew_at"] == www["chosen"]
     assert www["explanation_url"] == "https://ca.example/why"
     assert www["last_outcome"] == "installed"

@@ -12,6 +12,12 @@ past, RFC 9773 section 4.2).  Reported per client: seconds without a valid
 certificate installed, renewals per lifetime, share of renewal orders with
 ``replaces`` (RFC 9773 section 5, from Pebble's log), and reaction time to the
 early-renewal signal.  Writes results.json beside this file.
+
+A second scenario, ``outage`` (``run.py outage``; ``run.py sweep`` is the one
+above, no argument runs both, one after the other): one CA outage of a
+quarter lifetime over the last quarter of the first certificate's life (the
+worst place: [3/4, 1] of it), then quiet lifetimes until OUTAGE_DURATION;
+reported the same way, in results-outage.json.
 """
 
 from __future__ import annotations
@@ -39,12 +45,17 @@ from tests.pebble import PEBBLE_SID, Pebble, free_dual_port, start_pebble  # noq
 LIFETIME = 60
 TIMER = 2.0
 DURATION = float(os.environ.get("ARI_BENCH_DURATION", "480"))
+OUTAGE_DURATION = float(os.environ.get("ARI_BENCH_OUTAGE_DURATION", "360"))
+LAST_QUARTER = 3 / 4  # the outage scenario: the CA goes away at 3/4 of the first lifetime
 OUTAGE = LIFETIME / 4
 PHASES = (0.3, 0.5, 0.7, 0.9)  # outage starts, as a share of the current lifetime
 SIGNALS = 2
 SAMPLE = 0.2
 CERTBOT = os.environ.get("ARI_BENCH_CERTBOT", "/opt/lacme-ari-certbot/bin/certbot")
 LEGO = os.environ.get("ARI_BENCH_LEGO", "/opt/lacme-ari-lego/usr/bin/lego")
+# the python of a venv holding another lacme tree (e.g. the one before a change): client
+# "lacme-before", its master run by that python, its components found beside it
+LACME_BEFORE = os.environ.get("ARI_BENCH_LACME_BEFORE", "")
 REPLACEMENT_LOG = "is a replacement of"
 ORDER_LOG = "POST /order-plz -> calling handler()"
 
@@ -72,9 +83,12 @@ class Client:
     renew_argv: list = field(default_factory=list)
     lacme: LacmeSetup | None = None
     helper: subprocess.Popen | None = None
+    python: str | None = None  # lacme-before: another tree's venv
 
     def run(self, argv: list) -> subprocess.CompletedProcess:
-        if self.lacme is not None:
+        if self.lacme is not None and self.python is not None:
+            argv = [self.python, "-m", "lacme.master", f"--config={self.lacme.conf}", *argv]
+        elif self.lacme is not None:
             return self.lacme.run(*argv, env=self.env, timeout=120)
         environ = dict(os.environ)
         environ.update(self.env)
@@ -85,21 +99,26 @@ class Client:
             return subprocess.CompletedProcess(argv, 124, "", f"timeout: {exc}")
 
 
-def make_lacme(pebble: Pebble, workdir: Path) -> Client:
-    client = Client("lacme", pebble, workdir)
+def make_lacme(pebble: Pebble, workdir: Path, before: str | None = None) -> Client:
+    client = Client("lacme-before" if before else "lacme", pebble, workdir, python=before)
     key = write_key(workdir / "account.key", "p256")
     setup = LacmeSetup(root=workdir / "etc", pebble=pebble, account_key=key,
+                       extra_default="" if before else f"run-interval = {TIMER}",
                        extra_client="timeout = 4")
     setup.add_section("www", [client.domain], key_kind="p256", profile="default")
     setup.write()
     client.lacme = setup
     client.env = {"STATE_DIRECTORY": str(workdir / "state")}
     client.cert_path = Path(setup.sections["www"]["certificate"])
-    done = setup.run("account", "--register", "--tos-agreed", env=client.env)
+    done = client.run(["account", "--register", "--tos-agreed"])
     if done.returncode != 0:
         raise RuntimeError(f"lacme account --register: {done.stderr.strip()}")
     client.issue_argv = client.renew_argv = ["newOrder"]
     return client
+
+
+def make_lacme_before(pebble: Pebble, workdir: Path) -> Client:
+    return make_lacme(pebble, workdir, before=LACME_BEFORE)
 
 
 def make_certbot(pebble: Pebble, workdir: Path) -> Client:
@@ -220,6 +239,21 @@ class Simulation:
             self.signals.append((sent, current.serial, reaction))
             self.wait_new(len(self.installed), time.time())  # no wait: just go on
 
+    def outage_scenario(self, deadline: float) -> None:
+        """One outage of a quarter lifetime over the first certificate's last quarter."""
+        first = self.wait_new(0, deadline)
+        if first is None:
+            return
+        start = first.not_before + LAST_QUARTER * LIFETIME
+        time.sleep(max(0.0, start - time.time()))
+        began = time.time()
+        self.client.pebble.pause()
+        try:
+            self.stop.wait(OUTAGE)
+        finally:
+            self.client.pebble.resume()
+        self.outages.append((began, time.time(), LAST_QUARTER))
+
     def summary(self, started: float, ended: float) -> dict:
         text = Path(self.client.pebble.log_path).read_text(errors="replace")
         orders = text.count(ORDER_LOG)
@@ -257,7 +291,7 @@ def rfc3339(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
-def run_client(maker, root: Path, results: dict, deadline: float) -> None:
+def run_client(maker, root: Path, results: dict, deadline: float, scenario: str) -> None:
     name = maker.__name__.removeprefix("make_")
     pebble = client = None
     try:
@@ -280,7 +314,10 @@ def run_client(maker, root: Path, results: dict, deadline: float) -> None:
         for thread in threads:
             thread.start()
         try:
-            sim.scenario(deadline)
+            if scenario == "outage":
+                sim.outage_scenario(deadline)
+            else:
+                sim.scenario(deadline)
             time.sleep(max(0.0, deadline - time.time()))
         finally:
             sim.stop.set()
@@ -310,12 +347,16 @@ def versions() -> dict:
             "python": sys.version.split()[0]}
 
 
-def main() -> int:
-    root = Path(tempfile.mkdtemp(prefix="lacme-ari-bench-"))
+def run_scenario(scenario: str) -> dict:
+    """Every client at the same time, each against its own Pebble."""
+    root = Path(tempfile.mkdtemp(prefix=f"lacme-ari-bench-{scenario}-"))
     root.chmod(0o755)
     results: dict = {}
-    deadline = time.time() + 20 + DURATION
+    duration = OUTAGE_DURATION if scenario == "outage" else DURATION
+    deadline = time.time() + 20 + duration
     makers = [make_lacme]
+    if LACME_BEFORE:
+        makers.append(make_lacme_before)
     if os.access(CERTBOT, os.X_OK):
         makers.append(make_certbot)
     else:
@@ -324,21 +365,35 @@ def main() -> int:
         makers.append(make_lego)
     else:
         results["lego"] = {"client": "lego", "error": f"{LEGO} missing"}
-    threads = [threading.Thread(target=run_client, args=(m, root, results, deadline))
+    threads = [threading.Thread(target=run_client, args=(m, root, results, deadline, scenario))
                for m in makers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    settings = {"scenario": scenario, "lifetime_s": LIFETIME, "timer_s": TIMER,
+                "duration_s": duration, "outage_s": OUTAGE}
+    if scenario == "outage":
+        settings["outage_at_share_of_first_lifetime"] = LAST_QUARTER
+    else:
+        settings.update(outage_phases=PHASES, signals=SIGNALS)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "settings": {"lifetime_s": LIFETIME, "timer_s": TIMER, "duration_s": DURATION,
-                           "outage_s": OUTAGE, "outage_phases": PHASES, "signals": SIGNALS},
-              "versions": versions(), "results": results}
-    out = Path(__file__).with_name("results.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
+              "settings": settings, "versions": versions(), "results": results}
+    name = "results-outage.json" if scenario == "outage" else "results.json"
+    Path(__file__).with_name(name).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     if os.environ.get("ARI_BENCH_KEEP") != "1":
         shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+def main() -> int:
+    choice = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if choice not in ("all", "sweep", "outage"):
+        print(f"usage: {sys.argv[0]} [sweep|outage|all]", file=sys.stderr)
+        return 2
+    for scenario in ("sweep", "outage") if choice == "all" else (choice,):
+        run_scenario(scenario)
     return 0
 
 

@@ -214,6 +214,13 @@ def report_failure(ctx: Context, kind: str, sid: str, exc: BaseException) -> boo
     """Tell the master that ``sid`` failed (a broken signer is the reason, if it is); False."""
     message = str(ctx.signer.broken or exc)
     logger.debug("[%s] %s", sid, message, extra={"LACME_SECTION": sid})
+    problem_type: Any = getattr(getattr(exc, "problem", None), "type", None)  # AcmeProblemError
+    retry_after: Any = getattr(exc, "retry_after", None)  # (not imported here: requests)
+    extra: dict[str, Any] = {}
+    if isinstance(problem_type, str) and problem_type:
+        extra["problem"] = problem_type
+        if isinstance(retry_after, (int, float)):
+            extra["retry_after"] = retry_after
     if not ctx.link.closed.is_set():
-        ctx.link.send(kind, id=sid, message=message)
+        ctx.link.send(kind, id=sid, message=message, **extra)
     return False

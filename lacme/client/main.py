@@ -197,6 +197,7 @@ def serve_command(command: dict, settings: ClientSettings, signer: AccountdSigne
         link.send("error", message=f"[client] {exc}")
         return False
     link.on_close(session.cancel)
+    session.http.on_date = lambda date, url: link.send("clock", date=date, url=url)
     link.start_reader()
     try:
         return HANDLERS[command["type"]](Context(session, link, signer), command)

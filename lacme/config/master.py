@@ -150,6 +150,7 @@ class MasterConfig(Record):
     webserver: WebserverSettings
     accountd: AccountdSettings | None
     state_directory: str | None = None  # None: lacme.master.state.default_directory()
+    run_interval: float = 3600.0  # seconds between two runs of lacme-renew.timer (hourly)
 
 
 CLIENT_SETTINGS = ("socket", "user", "group", "command", "connect", "server", "timeout",
@@ -157,7 +158,8 @@ CLIENT_SETTINGS = ("socket", "user", "group", "command", "connect", "server", "t
 WEBSERVER_SETTINGS = ("listen", "challenge-directory", "activate", "user", "group", "command",
                       "iptables")
 ACCOUNTD_SECTION_SETTINGS = ("user", "group", "command", "config", "privkey", "quiet")
-MASTER_DEFAULT_SETTINGS = ("config-certs", "state-directory")
+MASTER_DEFAULT_SETTINGS = ("config-certs", "state-directory", "run-interval")
+DURATION_UNITS = {"": 1.0, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_command(value: str, loc: str) -> tuple[str, ...]:
@@ -174,6 +176,20 @@ def parse_timeout(value: str, loc: str) -> float:
         raise ConfigError(f'{loc}: not a number: "{value}"') from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f'{loc}: not a positive number: "{value}"')
+    return seconds
+
+
+def parse_duration(value: str, loc: str) -> float:
+    """Seconds of ``N`` or ``N`` followed by s, min (or m), h or d; positive."""
+    text = value.strip()
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = DURATION_UNITS.get(text[len(number):].strip())
+    try:
+        seconds = float(number) * unit if unit is not None else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f'{loc}: not a positive duration (N, Ns, Nmin, Nh or Nd): "{value}"')
     return seconds
 
 
@@ -309,6 +325,9 @@ def validate_master(ini: Ini, ident: Identity, socket_override: str | None) -> M
         state_directory=expand_specifiers(ini.defaults["state-directory"], ident,
                                           where(ini.source, None, "state-directory"))
         if ini.defaults.get("state-directory") else None,
+        run_interval=parse_duration(ini.defaults["run-interval"],
+                                    where(ini.source, None, "run-interval"))
+        if ini.defaults.get("run-interval") else MasterConfig._defaults["run_interval"],
     )
 
 

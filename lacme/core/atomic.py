@@ -9,6 +9,12 @@ never a part, and a crash at any point leaves one of them.  A failure
 removes the temporary and leaves the destination byte for byte; temporaries
 of a killed run are removed by the next replacement of the same file.
 
+``replace_files`` replaces several files together (a certificate and its
+chain): every temporary is written and flushed before the first rename, so
+that a full disk (ENOSPC) or quota (EDQUOT), which strike while writing or
+flushing, leaves every destination as it was, never a new chain beside an
+old certificate.
+
 ``create_file`` is the no-clobber variant: the temporary is hard-linked to
 the destination (link(2) fails when any file, even a dangling symbolic link,
 is there), then unlinked, so that a file is written only where none was and
@@ -23,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from lacme.core.errors import LacmeError
@@ -131,6 +137,56 @@ def replace_in(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid
             pass
         raise
     os.fsync(dir_fd)
+
+
+def replace_files(items: Sequence[tuple[str, bytes]], mode: int, uid: int = -1,
+                  gid: int = -1) -> None:
+    """Replace each ``(path, data)`` of ``items``: all temporaries written and
+    flushed first, then renamed in order, then the directories flushed.
+
+    A failure before the renames removes every temporary and leaves every
+    path untouched (LacmeError ``"PATH: reason"``, the path that failed)."""
+    staged: list[tuple[str, int, str, str]] = []  # (path, dir fd, temporary, basename)
+    try:
+        for path, data in items:
+            directory, basename = os.path.split(path)
+            if not basename:
+                raise LacmeError(f"{path}: not a file name")
+            try:
+                dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                raise LacmeError(f"{path}: directory: {describe(e)}") from None
+            try:
+                remove_stale_temporaries(dir_fd, basename)
+                name, fd = create_temporary(dir_fd, basename)
+            except OSError as e:
+                os.close(dir_fd)
+                raise LacmeError(f"{path}: {describe(e)}") from None
+            staged.append((path, dir_fd, name, basename))
+            try:
+                try:
+                    fill_temporary(fd, data, mode, uid, gid)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise LacmeError(f"{path}: {describe(e)}") from None
+        for path, dir_fd, name, basename in staged:
+            try:
+                os.rename(name, basename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as e:
+                raise LacmeError(f"{path}: {describe(e)}") from None
+        for path, dir_fd, _name, _basename in staged:
+            try:
+                os.fsync(dir_fd)
+            except OSError as e:
+                raise LacmeError(f"{path}: directory: {describe(e)}") from None
+    finally:
+        for _path, dir_fd, name, _basename in staged:
+            try:  # gone once renamed; still there after a failure
+                os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                pass
+            os.close(dir_fd)
 
 
 def create_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> bool:

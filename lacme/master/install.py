@@ -16,7 +16,7 @@ import pwd
 import subprocess
 from collections.abc import Mapping
 
-from lacme.core.atomic import create_file, describe, replace_file
+from lacme.core.atomic import create_file, describe, replace_file, replace_files
 from lacme.core.errors import LacmeError
 
 DEFAULT_MODE = 0o644
@@ -68,6 +68,19 @@ def install_file(path: str, data: bytes, *, mode: int | None = None,
     if mode is None:
         mode = DEFAULT_MODE & ~current_umask()
     replace_file(path, data, mode, uid, gid)
+
+
+def install_files(items: list[tuple[str, bytes]], *, mode: int | None = None,
+                  owner: str | None = None) -> None:
+    """Like ``install_file`` for several files at once (a chain and its leaf):
+    every one is written and flushed before any is renamed, so that a full
+    disk or quota leaves them all as they were (lacme.core.atomic)."""
+    if not items:
+        return
+    uid, gid = resolve_owner(owner, items[0][0]) if owner else (-1, -1)
+    if mode is None:
+        mode = DEFAULT_MODE & ~current_umask()
+    replace_files(items, mode, uid, gid)
 
 
 def create_new_file(path: str, data: bytes, *, mode: int | None = None,

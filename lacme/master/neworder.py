@@ -30,6 +30,7 @@ from lacme.master.ari import certificate_facts
 from lacme.master.plan import (
     Plan,
     check_renewal_info,
+    config_stamp,
     lifetime_of,
     load_sections,
     log_skip,
@@ -61,7 +62,8 @@ def new_order(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> i
             rv = EXIT_FAILURE
             continue
         selected.append(section)
-    plans = [plan_section(s, entries, cli_min_days, time.time()) for s in selected]
+    plans = [plan_section(s, entries, cli_min_days, time.time(), cfg.run_interval, cfg.path)
+             for s in selected]
     if not any(p.check or p.decision.due for p in plans):
         if not args.quiet:
             for plan in plans:
@@ -76,7 +78,8 @@ def new_order(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> i
     lock = lock_run(cfg.path, lock_wait(cfg))
     try:
         entries = store.load()
-        plans = [plan_section(s, entries, cli_min_days, time.time()) for s in selected]
+        plans = [plan_section(s, entries, cli_min_days, time.time(), cfg.run_interval, cfg.path)
+             for s in selected]
         return max(rv, check_and_order(cfg, args, store, plans))
     finally:
         os.close(lock)
@@ -130,11 +133,11 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
     except LacmeError as exc:
         for plan in (pending.values() if pending else due):
             if plan.section.name not in installed:
-                plan.entry = _failed_entry(plan.entry, str(exc))
+                plan.entry = _failed_entry(plan, str(exc))
         raise
     for sid, outcome in results.items():
         if outcome is not True:
-            _record_failure(pending[sid], str(outcome))
+            _record_failure(pending[sid], str(outcome), session.rate_limited.get(sid))
             rv = EXIT_FAILURE
     for sid in installed:
         if not _notify(pending[sid].section):
@@ -179,23 +182,30 @@ def order_options(plan: Plan) -> dict[str, Any]:
     return options
 
 
-def _record_failure(plan: Plan, reason: str) -> None:
+def _record_failure(plan: Plan, reason: str, retry_after: float | None = None) -> None:
     section = plan.section
     log.error("[%s] %s", section.name, reason,
               extra={"MESSAGE_ID": journal.ORDER_FAILED, "LACME_SECTION": section.name,
                      "LACME_IDENTIFIERS": ",".join(section.names), "LACME_OUTCOME": "failed"})
-    plan.entry = _failed_entry(plan.entry, reason)
+    plan.entry = _failed_entry(plan, reason, retry_after)
 
 
-def _failed_entry(entry: Entry, reason: str) -> Entry:
-    return replace(entry, last_attempt=time.time(), last_outcome="failed", last_error=reason[:500])
+def _failed_entry(plan: Plan, reason: str, retry_after: float | None = None) -> Entry:
+    """One more failed attempt (the back-off grows); a rateLimited problem's
+    Retry-After (seconds) is kept as a moment, for the next runs; the stats of
+    the configuration, so that changing it ends the back-off."""
+    now, entry = time.time(), plan.entry
+    return replace(entry, last_attempt=now, last_outcome="failed", last_error=reason[:500],
+                   failures=entry.failures + 1,
+                   retry_until=now + retry_after if retry_after is not None else entry.retry_until,
+                   failed_config=str(config_stamp(plan.config_path, plan.section)))
 
 
 def _on_certificate(pending: Plan, pem: str, installed: list[str],
                     alternates: Sequence[str] = ()) -> str | None:
     """Verify and install one issued chain (the preferred one among the
     alternates); None on success, else the reason."""
-    from lacme.master.install import install_file
+    from lacme.master.install import install_files
     from lacme.x509 import chain as x509
 
     section = pending.section
@@ -212,17 +222,18 @@ def _on_certificate(pending: Plan, pem: str, installed: list[str],
         leaf_pem, full_pem = x509.chain_pem(chain)
     except LacmeError as exc:
         return f"issued certificate refused: {exc}"
-    try:
-        for path, data in ((section.certificate_chain, full_pem), (section.certificate, leaf_pem)):
-            if path:
-                install_file(path, data, mode=section.chmod, owner=section.chown)
-                log.info("[%s] installed %s", section.name, path,
-                         extra={"MESSAGE_ID": journal.CERTIFICATE_INSTALLED,
-                                "LACME_SECTION": section.name, "LACME_FILE": path,
-                                "LACME_OUTCOME": "installed",
-                                "LACME_IDENTIFIERS": ",".join(section.names)})
+    files = [(path, data) for path, data in ((section.certificate_chain, full_pem),
+                                             (section.certificate, leaf_pem)) if path]
+    try:  # both written and flushed before either is renamed (a full disk changes neither)
+        install_files(files, mode=section.chmod, owner=section.chown)
     except (LacmeError, OSError) as exc:
         return f"install failed: {exc}"
+    for path, _data in files:
+        log.info("[%s] installed %s", section.name, path,
+                 extra={"MESSAGE_ID": journal.CERTIFICATE_INSTALLED,
+                        "LACME_SECTION": section.name, "LACME_FILE": path,
+                        "LACME_OUTCOME": "installed",
+                        "LACME_IDENTIFIERS": ",".join(section.names)})
     installed.append(section.name)
     pending.entry = installed_entry(pending, leaf_pem)
     return None

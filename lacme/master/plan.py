@@ -26,8 +26,9 @@ from lacme.core import journal
 from lacme.core.errors import LacmeError
 from lacme.core.record import Record, replace
 from lacme.master.ari import CertificateFacts, certificate_facts, parse_renewal_info
-from lacme.master.drift import Drift, check_drift, stamps_only
+from lacme.master.drift import Drift, check_drift, file_stamp, stamps_only
 from lacme.master.renewal import (
+    DEFAULT_RUN_INTERVAL,
     Decision,
     Lifetime,
     Window,
@@ -36,6 +37,7 @@ from lacme.master.renewal import (
     decide,
     decide_min_days,
     failed_check_interval,
+    next_attempt,
 )
 from lacme.master.state import Entry, entry_key
 
@@ -65,6 +67,7 @@ class Plan(Record, frozen=False):
     check: bool = False  # a renewalInfo request is due
     csr: bytes = b""
     drift: Drift | None = None  # how the certificate follows its configuration
+    config_path: str = ""  # lacme.conf: its stat is kept with a failure (config_stamp)
 
     @property
     def refreshed(self) -> bool:
@@ -109,8 +112,15 @@ def read_facts(path: str) -> tuple[CertificateFacts | None, str | None]:
 
 
 def plan_section(section: CertSection, entries: dict[str, Entry], cli_min_days: int | None,
-                 now: float) -> Plan:
+                 now: float, period: float = DEFAULT_RUN_INTERVAL, config_path: str = "") -> Plan:
     """Decide from the certificate and the persisted state alone (no network)."""
+    plan = _plan_section(section, entries, cli_min_days, now, period, config_path)
+    plan.config_path = config_path
+    return plan
+
+
+def _plan_section(section: CertSection, entries: dict[str, Entry], cli_min_days: int | None,
+                  now: float, period: float, config_path: str) -> Plan:
     path = section.certificate_chain or section.certificate or ""
     facts, unreadable = read_facts(path)
     if unreadable:
@@ -124,17 +134,57 @@ def plan_section(section: CertSection, entries: dict[str, Entry], cli_min_days: 
         entry = drift.entry
     lifetime = lifetime_of(facts)
     min_days = cli_min_days if cli_min_days is not None else section.min_days
-    if drift is not None and drift.reason and (min_days is None or min_days >= 0):
-        return Plan(section, path, facts, entry, Decision(True, drift.reason), drift=drift)
+    forced = min_days is not None and min_days < 0
+    if drift is not None and drift.reason and not forced:
+        decision = held_back(Decision(True, drift.reason), entry, lifetime, period, now,
+                             config_stamp(config_path, section))
+        return Plan(section, path, facts, entry, decision, drift=drift)
     if min_days is not None:  # the manual's rule, alone
-        return Plan(section, path, facts, entry, decide_min_days(lifetime, min_days, now),
-                    drift=drift)
-    decision = decide(lifetime, entry.chosen, now)
+        decision = decide_min_days(lifetime, min_days, now)
+        if not forced:
+            decision = held_back(decision, entry, lifetime, period, now,
+                                 config_stamp(config_path, section))
+        return Plan(section, path, facts, entry, decision, drift=drift)
+    decision = held_back(decide(lifetime, entry.chosen, now, period), entry, lifetime, period,
+                         now, config_stamp(config_path, section))
     check = (facts is not None and facts.cert_id is not None and lifetime is not None
              and now < lifetime.not_after
              and (entry.next_check is None or now >= entry.next_check)
              and not (decision.due and entry.chosen is not None))
     return Plan(section, path, facts, entry, decision, check, drift=drift)
+
+
+class ConfigStamp:
+    """The stats of lacme.conf and of a section's file, taken only when asked
+    (a failure to record, a back-off to check): never on a plain no-op run."""
+
+    def __init__(self, config_path: str, section: CertSection) -> None:
+        self.paths = (config_path, section.source)
+
+    def __str__(self) -> str:
+        return " | ".join(file_stamp(p) or f"- {p}" for p in self.paths if p)
+
+
+def config_stamp(config_path: str, section: CertSection) -> ConfigStamp:
+    return ConfigStamp(config_path, section)
+
+
+def held_back(decision: Decision, entry: Entry, lifetime: Lifetime | None, period: float,
+              now: float, stamp: ConfigStamp | None = None) -> Decision:
+    """A due decision waits while the back-off after failed orders, or the CA's
+    Retry-After, holds it (``lacme.master.renewal.next_attempt``); --force skips
+    this, and so does a change of lacme.conf or of the section's file since the
+    failure (the fix is tried at once)."""
+    if not decision.due:
+        return decision
+    hold = next_attempt(entry.failures, entry.last_attempt, entry.retry_until, lifetime, period)
+    if hold is None or now >= hold[0]:
+        return decision
+    if (stamp is not None and entry.failed_config is not None
+            and str(stamp) != entry.failed_config and hold[1].startswith("back-off")):
+        return Decision(True, f"{decision.reason} (configuration changed since the failure)",
+                        decision.renew_at)
+    return Decision(False, f"{decision.reason}; {hold[1]}, next attempt then", hold[0])
 
 
 def log_skip(plan: Plan) -> None:
@@ -160,11 +210,14 @@ def check_renewal_info(cfg: MasterConfig, args: argparse.Namespace, plans: list[
         answers = {p.section.name: str(exc) for p in plans}
     for plan in plans:
         answer = answers.get(plan.section.name, "no answer from the ACME client")
-        plan.entry = learn_renewal_info(plan, answer, now)
-        plan.decision = decide(plan.lifetime, plan.entry.chosen, time.time())
+        plan.entry = learn_renewal_info(plan, answer, now, cfg.run_interval)
+        plan.decision = held_back(
+            decide(plan.lifetime, plan.entry.chosen, time.time(), cfg.run_interval), plan.entry,
+            plan.lifetime, cfg.run_interval, time.time(), config_stamp(cfg.path, plan.section))
 
 
-def learn_renewal_info(plan: Plan, answer: dict | str, now: float) -> Entry:
+def learn_renewal_info(plan: Plan, answer: dict | str, now: float,
+                       period: float = DEFAULT_RUN_INTERVAL) -> Entry:
     """The entry updated with one renewalInfo answer (or failure)."""
     entry, lifetime, name = plan.entry, plan.lifetime, plan.section.name
     if isinstance(answer, dict) and answer.get("supported") is False:
@@ -185,7 +238,7 @@ def learn_renewal_info(plan: Plan, answer: dict | str, now: float) -> Entry:
     if (info.start, info.end) == (entry.window_start, entry.window_end) and entry.chosen is not None:
         return entry
     assert lifetime is not None
-    chosen = choose_moment(Window(info.start, info.end), lifetime, now)
+    chosen = choose_moment(Window(info.start, info.end), lifetime, now, period=period)
     log.info("[%s] ARI window %s .. %s, renewal planned at %s", name, format_time(info.start),
              format_time(info.end), format_time(chosen),
              extra={"LACME_SECTION": name, "LACME_OUTCOME": "ari-window"})

@@ -9,14 +9,29 @@ The rules (README "How lacme decides when to renew"):
 
 * ``min-days`` set (lacme-certs.conf or --min-days): the manual's rule,
   alone: renew when fewer than that many days remain (negative: always).
+* the margin: whatever the CA's window says, the moment lacme renews at
+  leaves at least 1/4 of the lifetime plus one timer period (``run-interval``
+  in lacme.conf) before notAfter, so that the first attempt, made by the
+  first run after that moment, still has a quarter of the lifetime for
+  retries (a CA outage of that length cannot make the certificate lapse).
+  When the timer is too slow for the lifetime (a period over 1/4 of it) the
+  bound is the middle of the lifetime instead.
 * ARI window known (RFC 9773 4.2): one moment is chosen at random in the
   suggested window and kept until the window changes; the certificate is
-  due once that moment has passed.  A window that reaches past 3/4 of the
-  lifetime is first narrowed to its part between 3/4 and 7/8 of the
-  lifetime (renew late in a wide window, keep the last eighth for
-  retries); a window entirely in the past means "renew now".
+  due once that moment (or the margin's bound, if earlier) has passed.  A
+  window wholly before the bound is followed as is; a window reaching past
+  it is clamped: its part in the last 1/32 of the lifetime before the
+  bound (renew as late as the margin allows, 1.33 renewals per lifetime
+  being the floor); a window entirely in the past means "renew now".
 * otherwise: due when 2/3 of the lifetime has passed (1/2 for lifetimes
-  under 10 days).
+  under 10 days), or at the margin's bound if that is earlier.
+* back-off: after failed orders, the next attempt waits one timer period,
+  then twice that after each further failure, at most BACKOFF_CAP, but never
+  past the margin's bound (past it, every run tries: a certificate near
+  expiry is always tried); a ``rateLimited`` problem's Retry-After is waited
+  for whatever else (the CA refuses until then), except once expired.
+  ``--force`` ignores both; so does a changed configuration
+  (``lacme.master.plan.held_back``).
 * ARI is asked again when ``next_check`` has passed: Retry-After (6 hours
   when absent) but never more than 1/100 of the lifetime, so that a
   changed window (revocation, CA incident) is seen within 1/100 of the
@@ -35,8 +50,11 @@ DAY = 86400.0
 SHORT_LIFETIME = 10 * DAY
 SHARE_LONG = 2 / 3  # no ARI: renew once this share of the lifetime has passed
 SHARE_SHORT = 1 / 2  # ... for lifetimes under SHORT_LIFETIME
-LATE_START = 3 / 4  # a wide ARI window is narrowed to [LATE_START, LATE_END]
-LATE_END = 7 / 8
+MARGIN_SHARE = 1 / 4  # left before notAfter, plus one timer period, whatever the window
+FLOOR_SHARE = 1 / 2  # the bound is never earlier than this share (a timer too slow to keep it)
+LATE_SPREAD = 1 / 32  # a window reaching past the bound: its part in this share before it
+DEFAULT_RUN_INTERVAL = 3600.0  # lacme-renew.timer: OnCalendar=hourly
+BACKOFF_CAP = 86400.0  # the longest wait between two failed attempts (before the margin)
 CHECK_SHARE = 1 / 100  # never more than this share of the lifetime between ARI checks
 DEFAULT_RETRY_AFTER = 6 * 3600.0  # RFC 9773 4.3: absent Retry-After
 FAILED_CHECK_RETRY = 3600.0  # an ARI check that failed: again after this (capped as above)
@@ -86,45 +104,64 @@ def decide_min_days(lifetime: Lifetime | None, min_days: int, now: float) -> Dec
     return Decision(False, f"more than {min_days} days left", renew_at)
 
 
-def decide(lifetime: Lifetime | None, chosen: float | None, now: float) -> Decision:
-    """The default rule: the chosen ARI moment, else a share of the lifetime."""
+def margin_bound(lifetime: Lifetime, period: float = DEFAULT_RUN_INTERVAL) -> float:
+    """The latest moment to renew at: 1/4 of the lifetime plus one timer
+    period before notAfter, but not before the middle of the lifetime."""
+    bound = lifetime.not_after - lifetime.length * MARGIN_SHARE - max(period, 0.0)
+    return max(bound, lifetime.at(FLOOR_SHARE))
+
+
+def decide(lifetime: Lifetime | None, chosen: float | None, now: float,
+           period: float = DEFAULT_RUN_INTERVAL) -> Decision:
+    """The default rule: the chosen ARI moment, else a share of the lifetime;
+    never later than the margin's bound."""
     if lifetime is None:
         return Decision(True, "no certificate installed")
     if now >= lifetime.not_after:
         return Decision(True, "expired")
-    if chosen is not None:
+    bound = margin_bound(lifetime, period)
+    if chosen is not None and chosen <= bound:
         if now >= chosen:
             return Decision(True, "the chosen moment in the ARI window has passed", chosen)
         return Decision(False, "before the chosen moment in the ARI window", chosen)
-    renew_at = lifetime.at(fallback_share(lifetime))
-    share = "half" if fallback_share(lifetime) == SHARE_SHORT else "two thirds"
+    if chosen is not None:  # chosen before the margin (an older rule, another run-interval)
+        renew_at, what = bound, "the renewal margin"
+    else:
+        share = fallback_share(lifetime)
+        renew_at = min(lifetime.at(share), bound)
+        what = ("the renewal margin" if renew_at == bound and renew_at < lifetime.at(share)
+                else "half of the lifetime" if share == SHARE_SHORT
+                else "two thirds of the lifetime")
+        what += " (no ARI window)"
     if now >= renew_at:
-        return Decision(True, f"{share} of the lifetime has passed (no ARI window)", renew_at)
-    return Decision(False, f"less than {share} of the lifetime has passed (no ARI window)",
-                    renew_at)
+        return Decision(True, f"{what} reached", renew_at)
+    return Decision(False, f"before {what}", renew_at)
 
 
-def usable_window(window: Window, lifetime: Lifetime, now: float) -> Window:
+def usable_window(window: Window, lifetime: Lifetime, now: float,
+                  period: float = DEFAULT_RUN_INTERVAL) -> Window:
     """The part of a suggested window the moment is chosen in.
 
-    A window wholly in the past: now.  A window ending before 3/4 of the
-    lifetime: all of it (the CA wants an early renewal).  Otherwise its part
-    in [3/4, 7/8] of the lifetime; a window starting after 7/8: 7/8.
+    A window wholly in the past: now.  A window ending at or before the
+    margin's bound (``margin_bound``): all of it (the CA wants an earlier
+    renewal).  Otherwise it is clamped: its part in the last 1/32 of the
+    lifetime before the bound; a window starting after the bound: the bound.
     """
     if window.end <= now:
         return Window(now, now)
-    late_start, late_end = lifetime.at(LATE_START), lifetime.at(LATE_END)
-    if window.end <= late_start:
+    bound = margin_bound(lifetime, period)
+    if window.end <= bound:
         return window
-    if window.start >= late_end:
-        return Window(late_end, late_end)
-    return Window(max(window.start, late_start), min(window.end, late_end))
+    if window.start >= bound:
+        return Window(bound, bound)
+    return Window(max(window.start, bound - lifetime.length * LATE_SPREAD), bound)
 
 
 def choose_moment(window: Window, lifetime: Lifetime, now: float,
-                  rng: random.Random | None = None) -> float:
+                  rng: random.Random | None = None,
+                  period: float = DEFAULT_RUN_INTERVAL) -> float:
     """A uniformly random moment in the usable part of ``window``."""
-    usable = usable_window(window, lifetime, now)
+    usable = usable_window(window, lifetime, now, period)
     if usable.end <= usable.start:
         return usable.start
     if rng is None:
@@ -132,6 +169,25 @@ def choose_moment(window: Window, lifetime: Lifetime, now: float,
 
         return random.uniform(usable.start, usable.end)
     return rng.uniform(usable.start, usable.end)
+
+
+def next_attempt(failures: int, last_attempt: float | None, retry_until: float | None,
+                 lifetime: Lifetime | None, period: float = DEFAULT_RUN_INTERVAL
+                 ) -> tuple[float, str] | None:
+    """When an order may be tried again after ``failures`` failed ones, and why;
+    None when nothing holds it back."""
+    at: float | None = None
+    why = ""
+    if failures > 0 and last_attempt is not None:
+        delay = min(max(period, 1.0) * 2.0 ** min(failures - 1, 64), BACKOFF_CAP)
+        at = last_attempt + delay
+        if lifetime is not None:
+            at = min(at, margin_bound(lifetime, period))  # a certificate near expiry: every run
+        why = f"back-off after {failures} failed attempt{'s' if failures > 1 else ''}"
+    if (retry_until is not None and (at is None or retry_until > at)
+            and (lifetime is None or retry_until < lifetime.not_after)):
+        at, why = retry_until, "rate limited by the CA (Retry-After)"
+    return None if at is None else (at, why)
 
 
 def check_interval(lifetime: Lifetime | None, retry_after: float | None) -> float:

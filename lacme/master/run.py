@@ -32,6 +32,7 @@ from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError, ProtocolError, ReportedError
 from lacme.master.challenges import ChallengeDirectory
 from lacme.master.children import Children, exit_status
+from lacme.master.clock import ClockCheck
 from lacme.master.components import (
     Webservers,
     open_accountd,
@@ -44,6 +45,8 @@ from lacme.protocol import control, wire
 from lacme.protocol.jws import b64u_encode
 
 log = logging.getLogger("lacme")
+
+RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"  # RFC 8555 6.7
 
 
 class _Terminated(KeyboardInterrupt):
@@ -72,6 +75,8 @@ class ClientSession:
         self.aborting = False
         self.children = Children()
         self.webservers: Webservers | None = None  # until every one is ready
+        self.clock = ClockCheck()  # the CA's Date header against our clock
+        self.rate_limited: dict[str, float] = {}  # order id -> the CA's Retry-After, seconds
 
     # ------------------------------------------------------------------ setup
     def __enter__(self) -> ClientSession:
@@ -181,6 +186,10 @@ class ClientSession:
                 results[msg["id"]] = True if refused is None else refused
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
+                retry = msg.get("retry_after")
+                if (msg.get("problem") == RATE_LIMITED and isinstance(retry, (int, float))
+                        and not isinstance(retry, bool) and retry >= 0):
+                    self.rate_limited[msg["id"]] = float(retry)
             elif kind == "done":
                 break
         return results
@@ -258,7 +267,9 @@ class ClientSession:
                 msg = control.decode_message(line, control.CLIENT_TYPES)
             except ProtocolError as exc:
                 raise LacmeError(f"the ACME client: {exc}") from None
-            if msg["type"] == "error":
+            if msg["type"] == "clock":  # any command: checked here, once
+                self.clock.observe(msg.get("date"), msg.get("url"))
+            elif msg["type"] == "error":
                 failure = str(msg.get("message") or "the ACME client failed")
             elif msg["type"] == "done" and failure is not None:
                 raise self._failed(failure)

@@ -60,6 +60,9 @@ class Entry(Record):
     last_outcome: str | None = None  # installed | failed
     last_error: str | None = None
     last_success: float | None = None
+    failures: int = 0  # failed orders since the last installed certificate (back-off)
+    retry_until: float | None = None  # a rateLimited problem's Retry-After, POSIX seconds
+    failed_config: str | None = None  # stats of lacme.conf and the section's file at the failure
     replaced: str | None = None  # certificate ID the last order replaced
     # What lacme.master.drift learned, so that a no-op run needs no cryptography:
     key_file: str | None = None  # stat of certificate-key when key_spki was read
@@ -81,14 +84,14 @@ class Entry(Record):
         return self.replace(
             cert_id=cert_id, not_before=not_before, not_after=not_after,
             window_start=None, window_end=None, chosen=None, explanation_url=None,
-            next_check=None, last_check=None)
+            next_check=None, last_check=None, failures=0)
 
 
 # The JSON type of every field but section and path (str, required).
 _FIELD_TYPES: dict[str, type] = {
     name: (bool if name in ("ari", "cafile_ok") else str if name in (
         "cert_id", "explanation_url", "last_outcome", "last_error", "replaced", "key_file",
-        "key_spki", "cafile_check") else float)
+        "key_spki", "cafile_check", "failed_config") else float)
     for name in Entry._fields[2:]
 }
 _DEFAULTS = {name: Entry._defaults.get(name) for name in Entry._fields}

@@ -10,7 +10,7 @@ contacts nobody.
 
 A section has a problem (exit status 1) when its certificate is missing,
 unreadable or expired, when less than 1/8 of its lifetime is left (renewal
-is overdue: lacme renews by 7/8 at the latest), or when its last renewal
+is overdue: lacme renews by 3/4 at the latest), or when its last renewal
 attempt failed.
 """
 
@@ -27,8 +27,22 @@ from lacme.config.specifiers import Identity
 from lacme.core.errors import LacmeError, UsageError
 from lacme.core.record import Record, replace
 from lacme.master.drift import drift_reason
-from lacme.master.plan import format_time, lifetime_of, load_sections, read_facts
-from lacme.master.renewal import Decision, Lifetime, decide, decide_min_days, near_expiry
+from lacme.master.plan import (
+    config_stamp,
+    format_time,
+    held_back,
+    lifetime_of,
+    load_sections,
+    read_facts,
+)
+from lacme.master.renewal import (
+    DEFAULT_RUN_INTERVAL,
+    Decision,
+    Lifetime,
+    decide,
+    decide_min_days,
+    near_expiry,
+)
 from lacme.master.state import Entry, StateStore, default_directory, entry_key
 
 TYPE_CHECKING = False
@@ -45,7 +59,8 @@ def status(cfg: MasterConfig, args: argparse.Namespace, ident: Identity) -> int:
         raise UsageError(f"no such section: {', '.join(f'[{n}]' for n in unknown)}")
     entries = StateStore(default_directory(cfg.state_directory)).load()
     now = time.time()
-    statuses = [section_status(sections[n], entries, now) for n in names]
+    statuses = [section_status(sections[n], entries, now, cfg.run_interval, cfg.path)
+                for n in names]
     if args.prometheus:
         write_prometheus(args.prometheus, format_prometheus(statuses, now))
     text = format_json(statuses) if args.json else format_text(statuses)
@@ -93,7 +108,8 @@ class SectionStatus(Record):
         return out
 
 
-def section_status(section: CertSection, entries: dict[str, Entry], now: float) -> SectionStatus:
+def section_status(section: CertSection, entries: dict[str, Entry], now: float,
+                   period: float = DEFAULT_RUN_INTERVAL, config_path: str = "") -> SectionStatus:
     """What ``section`` looks like now, decided as newOrder would."""
     path = section.certificate_chain or section.certificate or ""
     facts, unreadable = read_facts(path)
@@ -105,9 +121,12 @@ def section_status(section: CertSection, entries: dict[str, Entry], now: float) 
             entry = replace(current, last_outcome=entry.last_outcome, last_error=entry.last_error)
     lifetime = lifetime_of(facts)
     decision = (decide_min_days(lifetime, section.min_days, now) if section.min_days is not None
-                else decide(lifetime, entry.chosen if entry else None, now))
+                else decide(lifetime, entry.chosen if entry else None, now, period))
     if reason := drift_reason(section, path, facts, entry):  # renewed at once (lacme.master.drift)
         decision = Decision(True, reason)
+    if entry is not None and (section.min_days is None or section.min_days >= 0):
+        decision = held_back(decision, entry, lifetime, period, now,  # the next attempt, and why
+                             config_stamp(config_path, section))
     return SectionStatus(
         section=section.name,
         identifiers=tuple(v for _, v in section.identifiers),

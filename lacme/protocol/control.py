@@ -26,8 +26,14 @@ Client -> master
     renewal_info {"id": str, "supported": bool, "info": {...}?, "retry_after": float?}
                                                 the raw renewalInfo object, validated by
                                                 the master (lacme.master.ari)
+    clock      {"date": float, "url": str}      the Date header (RFC 9110 6.6.1) of the
+                                                first response from the CA, POSIX seconds:
+                                                the master compares it to its own clock
     revoked    {"id": str}
-    failed     {"id": str, "message": str}      one order or revocation failed
+    failed     {"id": str, "message": str, "problem": str?, "retry_after": float?}
+                                                one order or revocation failed; problem:
+                                                the ACME error type (RFC 8555 6.7), with the
+                                                answer's Retry-After in seconds if it had one
     error      {"message": str}                 the whole command failed
     done       {}                               the command is finished
 """
@@ -44,7 +50,7 @@ MAX_LINE = 1 << 20  # a certificate chain fits many times over
 
 CLIENT_TYPES = frozenset(
     {"publish", "unpublish", "account", "certificate", "revoked", "renewal_info", "failed",
-     "error", "done"}
+     "clock", "error", "done"}
 )
 
 

@@ -31,6 +31,7 @@ from lacme.core.text import escape_text
 from lacme.protocol import jwk_keys, jws
 from lacme.x509.cafile import default_cafile
 from lacme.x509.keys import csr_public_key_der, spki_der
+from lacme.x509.validity import CLOCK_TOLERANCE, describe_offset
 
 MAX_CHAIN = 10
 
@@ -148,10 +149,14 @@ def check_links(chain: Sequence[x509.Certificate]) -> None:
 
 
 def check_validity(leaf: x509.Certificate, now: datetime) -> None:
-    """The issued certificate is valid at ``now``."""
-    if now < leaf.not_valid_before_utc:
-        raise CertificateError("issued certificate: not valid before "
-                               f"{format_time(leaf.not_valid_before_utc)}")
+    """The issued certificate is valid at ``now``, or starts within
+    CLOCK_TOLERANCE of it (a clock a little behind a CA that does not backdate)."""
+    ahead = (leaf.not_valid_before_utc - now).total_seconds()
+    if ahead > CLOCK_TOLERANCE:
+        raise CertificateError(
+            "issued certificate: not valid before "
+            f"{format_time(leaf.not_valid_before_utc)}, {describe_offset(ahead)} after this "
+            f"machine's clock (tolerance {describe_offset(CLOCK_TOLERANCE)}): is the clock right?")
     if now > leaf.not_valid_after_utc:
         raise CertificateError("issued certificate: expired at "
                                f"{format_time(leaf.not_valid_after_utc)}")
@@ -166,6 +171,8 @@ def verify_chain(chain: Sequence[x509.Certificate], names: Sequence[str], cafile
                  now: datetime, ip_addresses: Sequence[str] = ()) -> None:
     """A path from the leaf through chain[1:] to a root of ``cafile``, for every name."""
     store = Store(load_roots(cafile))
+    # a leaf starting within the tolerance is checked at its start (check_validity)
+    now = max(now, chain[0].not_valid_before_utc)
     builder = PolicyBuilder().store(store).time(now).max_chain_depth(MAX_CHAIN)
     subjects: list[tuple[str, DNSName | IPAddress]] = [(n, DNSName(verification_name(n))) for n in names]
     subjects += [(a, IPAddress(ipaddress.ip_address(a))) for a in ip_addresses]

@@ -66,10 +66,13 @@ MODES = {
     "evil-problem", "evil-tos", "evil-identifier", "garbage-json", "problem-odd-types",
     # faults: slow but correct, to spread kill points
     "slow",
+    # back-off (issue 15, item 5): newOrder answers rateLimited with a Retry-After
+    "rate-limited",
 }
 
 
 _MODES_BY_LABEL = {m.lower(): m for m in MODES}
+RATE_LIMIT_RETRY_AFTER = 5400  # seconds: the Retry-After of mode rate-limited
 
 
 def now() -> datetime.datetime:
@@ -515,6 +518,10 @@ class HostileCA:
         mode = self.identifiers_mode(payload["identifiers"])
         if mode == "evil-problem":
             raise problem(403, "rejectedIdentifier", f"no certificate for you{EVIL}")
+        if mode == "rate-limited":  # RFC 8555 6.6: 429 with Retry-After
+            raise Reply(429, {"type": ERR + "rateLimited", "status": 429,
+                              "detail": "too many failed authorizations recently"},
+                        {**headers, "Retry-After": str(RATE_LIMIT_RETRY_AFTER)})
         if mode == "problem-odd-types":
             raise Reply(400, {"type": 42, "detail": ["a", {"b": None}], "status": "x",
                               "subproblems": [1, None, {"identifier": 7}]})

@@ -132,10 +132,11 @@ class Problem(Record):
 class AcmeProblemError(AcmeError):
     """The server answered a request with an error; ``problem`` says which."""
 
-    def __init__(self, url: str, problem: Problem) -> None:
+    def __init__(self, url: str, problem: Problem, retry_after: float | None = None) -> None:
         super().__init__(f"{escape_text(url, 200)}: {problem}")
         self.url = url
         self.problem = problem
+        self.retry_after = retry_after  # the answer's Retry-After, seconds (rateLimited)
 
 
 class Account(Record):

@@ -194,6 +194,11 @@ class Transport:
         self._budget = threading.local()  # requests left to the calling thread's order
         self._timing = threading.local()  # the calling thread's last round trip
         self.nonces = NoncePool(self._cancelled)
+        # The CA's clock (RFC 9110 6.6.1 Date) from the first response that has one:
+        # given once to on_date(posix_seconds, url); the master compares it to its clock.
+        self.on_date: Callable[[float, str], None] | None = None
+        self._date_seen = False
+        self._date_lock = threading.Lock()
 
     # -- lifetime ------------------------------------------------------------
 
@@ -292,8 +297,23 @@ class Transport:
         nonce = response.headers.get("Replay-Nonce")
         if nonce and pool_nonce:
             self.nonces.put(nonce)
+        if not self._date_seen and self.on_date is not None:
+            self._see_date(response.headers.get("Date"), url)
         log.log(VERBOSE, "%s %s -> %d", method, escape_text(url), response.status_code)
         return response
+
+    def _see_date(self, value: str | None, url: str) -> None:
+        try:
+            when = email.utils.parsedate_to_datetime(value) if value else None
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is None or when.tzinfo is None or self.on_date is None:
+            return
+        with self._date_lock:
+            if self._date_seen:
+                return
+            self._date_seen = True
+        self.on_date(when.timestamp(), url)
 
     def _read_body(self, response: requests.Response, url: str, limit: int) -> None:
         """Read the body into ``response`` (``.content``), refusing more than ``limit`` octets."""
@@ -351,7 +371,8 @@ class Transport:
             problem = self.problem(response)
             if problem.type != BAD_NONCE:
                 self.nonces.count_bad_nonce(False)
-                raise AcmeProblemError(url, problem)
+                raise AcmeProblemError(url, problem,
+                                       parse_retry_after(response.headers.get("Retry-After")))
             in_a_row = self.nonces.count_bad_nonce(True)
             if in_a_row >= BAD_NONCE_STORM or attempt == MAX_BAD_NONCE_RETRIES:
                 raise AcmeError(f"{escape_text(url, 200)}: {max(in_a_row, attempt + 1)} badNonce "
