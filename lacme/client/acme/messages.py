@@ -255,3 +255,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when.tzinfo is None:  # RFC 9110 dates are GMT
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP-date (RFC 9110 5.6.7, GMT) as a POSIX timestamp; None if absent or unreadable."""
+    try:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if when is None or when.tzinfo is None else when.timestamp()

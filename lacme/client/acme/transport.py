@@ -26,9 +26,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from lacme.client.acme import messages
 from lacme.client.acme.messages import BAD_NONCE, AcmeProblemError, Problem, parse_json
 from lacme.client.acme.nonces import BAD_NONCE_STORM, MAX_BAD_NONCE_RETRIES, NoncePool
-from lacme.client.acme.tls import Watchdog, tls_version_range
+from lacme.client.acme.tls import Watchdog, describe_os_error, tls_version_range
 from lacme.core.errors import AcmeError
 from lacme.core.log import VERBOSE
 from lacme.core.origin import origin_of
@@ -57,26 +58,8 @@ JSON_TYPES = ("application/json", "application/problem+json")
 Response = requests.Response  # what every request returns (the session's type for it)
 
 
-def describe_exception(exc: BaseException) -> str:
-    """A short reason for a transport failure, from the deepest OSError."""
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    seen: set[int] = set()
-    best: OSError | None = None
-    todo: list[Any] = [exc]
-    while todo:
-        cur = todo.pop()
-        if not isinstance(cur, BaseException) or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLError):
-            return f"TLS error: {escape_text(cur.reason or cur, 200)}"
-        if isinstance(cur, OSError) and cur.strerror:
-            best = cur
-        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None), *cur.args])
-    if best is not None:
-        return escape_text(best.strerror, 200)
-    return escape_text(str(exc) or type(exc).__name__, 200)
+def describe_exception(exc: BaseException) -> str:  # a failure's short reason
+    return "timed out" if isinstance(exc, requests.Timeout) else describe_os_error(exc)
 
 
 def make_ssl_context(
@@ -303,17 +286,14 @@ class Transport:
         return response
 
     def _see_date(self, value: str | None, url: str) -> None:
-        try:
-            when = email.utils.parsedate_to_datetime(value) if value else None
-        except (TypeError, ValueError, IndexError):
-            when = None
-        if when is None or when.tzinfo is None or self.on_date is None:
+        when = messages.parse_http_date(value)
+        if when is None or self.on_date is None:
             return
         with self._date_lock:
             if self._date_seen:
                 return
             self._date_seen = True
-        self.on_date(when.timestamp(), url)
+        self.on_date(when, url)
 
     def _read_body(self, response: requests.Response, url: str, limit: int) -> None:
         """Read the body into ``response`` (``.content``), refusing more than ``limit`` octets."""
@@ -372,7 +352,7 @@ class Transport:
             if problem.type != BAD_NONCE:
                 self.nonces.count_bad_nonce(False)
                 raise AcmeProblemError(url, problem,
-                                       parse_retry_after(response.headers.get("Retry-After")))
+                                       messages.parse_retry_after(response.headers.get("Retry-After")))
             in_a_row = self.nonces.count_bad_nonce(True)
             if in_a_row >= BAD_NONCE_STORM or attempt == MAX_BAD_NONCE_RETRIES:
                 raise AcmeError(f"{escape_text(url, 200)}: {max(in_a_row, attempt + 1)} badNonce "
