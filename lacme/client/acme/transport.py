@@ -286,8 +286,7 @@ class Transport:
         return response
 
     def _see_date(self, value: str | None, url: str) -> None:
-        when = messages.parse_http_date(value)
-        if when is None or self.on_date is None:
+        if (when := messages.parse_http_date(value)) is None or self.on_date is None:
             return
         with self._date_lock:
             if self._date_seen:
