@@ -44,20 +44,29 @@ from clients import (  # noqa: E402
     Certbot,
     Context,
     Lacme,
+    LacmeBase,
     LacmePerl,
     Uacme,
     clean_env,
     unique_names,
 )
 from measure import Command, become_subreaper, run_commands  # noqa: E402
-from report import SYSTEMD, write_reports  # noqa: E402
+from report import BASE, SYSTEMD, write_reports  # noqa: E402
 from systemd_mode import LacmeSystemd  # noqa: E402
 
 from tests.pebble import start_pebble  # noqa: E402
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "0"}
-ADAPTERS = (Lacme, LacmeSystemd, LacmePerl, AcmeTiny, Uacme, Certbot)
+# What every client trusts, one variant at a time: "system" (the system bundle
+# plus Pebble's TLS CA, as users trust a real CA) and "pebble" (Pebble's CA
+# alone).  Results of the "pebble" variant are recorded as "S1/pebble" etc.
+TRUST = ("system", "pebble")
+TRUSTED_SCENARIOS = ("S1", "S2", "S3", "S4")
+ADAPTERS = (Lacme, LacmeBase, LacmeSystemd, LacmePerl, AcmeTiny, Uacme, Certbot)
+# lacme-base (a baseline tree) runs when asked for or when LACME_BENCH_BASELINE names its venv
+DEFAULT_CLIENTS = [a.name for a in ADAPTERS
+                   if a is not LacmeBase or "LACME_BENCH_BASELINE" in os.environ]
 # Modules a no-op run must not load: the network, cryptography, the client
 # package, the master's run set-up, the protocols and the X.509 code that needs
 # cryptography (lacme.x509.der, the DER reader of the no-op path, is allowed).
@@ -83,13 +92,38 @@ def require_private_namespace() -> None:
                  "namespace (run benchmarks/run.sh)")
 
 
-def trust_pebble(tls_ca_file: str, work: Path) -> None:
-    """Peers verify Pebble's TLS through the system bundle: extend it, in this namespace only."""
-    bundle = work / "ca-bundle.crt"
-    bundle.write_bytes(Path(SYSTEM_BUNDLE).read_bytes() + Path(tls_ca_file).read_bytes())
-    bundle.chmod(0o644)
+def trust_files(tls_ca_file: str, work: Path) -> dict[str, Path]:
+    """The trust file of each variant (TRUST): the system bundle plus Pebble's TLS CA,
+    or Pebble's TLS CA alone.  Read before any bind mount, from the machine's bundle."""
+    pebble_ca = Path(tls_ca_file).read_bytes()
+    files = {"system": Path(SYSTEM_BUNDLE).read_bytes() + pebble_ca, "pebble": pebble_ca}
+    out = {}
+    for variant, data in files.items():
+        out[variant] = work / f"trust-{variant}.crt"
+        out[variant].write_bytes(data)
+        out[variant].chmod(0o644)
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    return out
+
+
+def trust(bundle: Path) -> None:
+    """Every client trusts ``bundle``: the peers through the system bundle's path
+    (bind-mounted over, in this namespace only), lacme through SSL_ca_file."""
+    target = os.path.realpath(SYSTEM_BUNDLE)
+    with open("/proc/self/mountinfo") as fh:
+        stacked = sum(1 for line in fh if line.split()[4] == target)
+    for _ in range(stacked):
+        subprocess.run(["umount", target], check=True)
     subprocess.run(["mount", "--bind", str(bundle), SYSTEM_BUNDLE], check=True)
+
+
+def use_trust(variant: str, bundles: dict[str, Path], adapters: list[Adapter]) -> None:
+    if variant not in bundles:
+        raise SystemExit(f"bench: unknown trust variant {variant!r} (one of {', '.join(TRUST)})")
+    trust(bundles[variant])
+    for adapter in adapters:
+        adapter.trust(bundles[variant])
+    log(f"trust: {variant} ({bundles[variant]})")
 
 
 def package_version(package: str) -> str:
@@ -219,13 +253,20 @@ class Runner:
             for adapter in adapters:
                 if limits and round_ >= limits.get(adapter.name, runs):
                     continue
-                state = adapter.state_dir(scenario)
+                state = adapter.state_dir(scenario.replace("/", "-").replace(" N=", "-"))
                 certificates = [unique_names(names) for _ in range(certs)]
                 if not register:
                     self.untimed(adapter, state, adapter.register(state))
                 commands = adapter.issue(state, certificates, register=register)
                 self.timed(scenario, adapter, state, commands)
                 self.states[adapter.name] = state
+
+    def scale(self, n: int, adapters: list[Adapter], runs: int) -> None:
+        """S7 at one size: ``n`` certificates of one name in one run, then the no-op over them."""
+        for _ in range(runs):
+            for adapter in adapters:
+                self.issuance(f"S7 N={n}", [adapter], 1, certs=n, names=1, register=False)
+                self.renewal(f"S7 N={n} no-op", [adapter], 1)
 
     def renewal(self, scenario: str, adapters: list[Adapter], runs: int) -> None:
         for _ in range(runs):
@@ -267,8 +308,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--s5-runs", type=int, default=5, help="runs of S5 for lacme (default 5)")
     p.add_argument("--s5-perl-runs", type=int, default=1,
                    help="runs of S5 for lacme-perl (default 1: about 5 minutes each)")
-    p.add_argument("--scenarios", default="S1,S2,S3,S4,S5,S6")
-    p.add_argument("--clients", default=",".join(a.name for a in ADAPTERS))
+    p.add_argument("--scenarios", default="S1,S2,S3,S4,S5,S6,S7")
+    p.add_argument("--trust", default=",".join(TRUST), type=lambda v: v.split(","),
+                   help="trust variants, in order (default system,pebble): the system bundle "
+                        "plus Pebble's TLS CA, or Pebble's CA alone; S1-S4 run in each, S5-S7 "
+                        "in the first")
+    p.add_argument("--curve", default="20,100,300,1000",
+                   type=lambda v: [int(n) for n in v.split(",")],
+                   help="S7: certificates per run, one run per size (default 20,100,300,1000)")
+    p.add_argument("--s7-runs", type=int, default=1, help="runs of each S7 size (default 1)")
+    p.add_argument("--clients", default=",".join(DEFAULT_CLIENTS))
     p.add_argument("--out", default=str(HERE), help="where results.json and RESULTS.md go")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p.parse_args()
@@ -336,7 +385,7 @@ def main() -> int:
     pebble = start_pebble(work / "pebble", env=PEBBLE_ENV)
     adapters: list[Adapter] = []
     try:
-        trust_pebble(pebble.tls_ca_file, work)
+        bundles = trust_files(pebble.tls_ca_file, work)
         root_file = work / "pebble-root.pem"
         pebble.write_root(root_file)
         root_file.chmod(0o644)
@@ -345,7 +394,8 @@ def main() -> int:
         tls_ca.chmod(0o644)
         ctx = Context(pebble.directory_url, pebble.http_port, str(tls_ca), str(root_file), work)
         notes: dict = {"runs": args.runs, "s5_runs": args.s5_runs,
-                       "s5_perl_runs": args.s5_perl_runs}
+                       "s5_perl_runs": args.s5_perl_runs, "trust": args.trust,
+                       "s7_runs": args.s7_runs}
         adapters = set_up([cls(ctx) for cls in ADAPTERS if cls.name in wanted], notes)
         services = {pebble._process.pid, pebble._dns_process.pid}
         runner = Runner(ctx, pebble, services.union(*(a.services() for a in adapters)))
@@ -357,34 +407,45 @@ def main() -> int:
             notes["duration_s"] = round(time.monotonic() - started)
             write_reports(out, machine, runner.results, rates, notes)
 
-        if "S1" in scenarios:
-            stage("S1", notes, runner.issuance, "S1", adapters, args.runs, certs=1, names=1,
-                  register=True)
-            save()
-        if "S2" in scenarios:
-            stage("S2", notes, runner.issuance, "S2", adapters, args.runs, certs=1, names=10,
-                  register=True)
-            save()
-        if "S3" in scenarios or "S4" in scenarios:
-            stage("S3", notes, runner.issuance, "S3", adapters, args.runs, certs=20, names=1,
-                  register=False)
-            save()
-        if "S4" in scenarios:
-            renewers = [a for a in adapters if a.renews]
-            stage("S4", notes, runner.renewal, "S4", renewers, args.runs)
-            for ours, key in (("lacme", "s4_protocol_imports"),
-                              (SYSTEMD, "s4_protocol_imports_systemd")):
-                adapter = next((a for a in adapters if a.name == ours), None)
-                if adapter and adapter.name in runner.states:
-                    notes[key] = runner.imports_of_noop(adapter)
-            save()
+        for variant in args.trust:
+            use_trust(variant, bundles, adapters)
+            sfx = "" if variant == "system" else f"/{variant}"
+            if "S1" in scenarios:
+                stage("S1" + sfx, notes, runner.issuance, "S1" + sfx, adapters, args.runs,
+                      certs=1, names=1, register=True)
+                save()
+            if "S2" in scenarios:
+                stage("S2" + sfx, notes, runner.issuance, "S2" + sfx, adapters, args.runs,
+                      certs=1, names=10, register=True)
+                save()
+            if "S3" in scenarios or "S4" in scenarios:
+                stage("S3" + sfx, notes, runner.issuance, "S3" + sfx, adapters, args.runs,
+                      certs=20, names=1, register=False)
+                save()
+            if "S4" in scenarios:
+                renewers = [a for a in adapters if a.renews]
+                stage("S4" + sfx, notes, runner.renewal, "S4" + sfx, renewers, args.runs)
+                if variant == "system":
+                    for ours, key in (("lacme", "s4_protocol_imports"),
+                                      (SYSTEMD, "s4_protocol_imports_systemd")):
+                        adapter = next((a for a in adapters if a.name == ours), None)
+                        if adapter and adapter.name in runner.states:
+                            notes[key] = runner.imports_of_noop(adapter)
+                save()
+        use_trust(args.trust[0], bundles, adapters)
         if "S5" in scenarios:
-            lacmes = [a for a in adapters if a.name in ("lacme", SYSTEMD, "lacme-perl")]
-            limits = {"lacme": args.s5_runs, SYSTEMD: args.s5_runs,
+            lacmes = [a for a in adapters if a.name in ("lacme", BASE, SYSTEMD, "lacme-perl")]
+            limits = {"lacme": args.s5_runs, BASE: args.s5_runs, SYSTEMD: args.s5_runs,
                       "lacme-perl": args.s5_perl_runs}
             stage("S5", notes, runner.issuance, "S5", lacmes, args.s5_runs, certs=100, names=1,
                   register=False, limits=limits)
             save()
+        if "S7" in scenarios:
+            lacmes = [a for a in adapters if a.name in ("lacme", BASE, SYSTEMD)]
+            notes["s7_curve"] = args.curve
+            for n in args.curve:
+                stage(f"S7 N={n}", notes, runner.scale, n, lacmes, args.s7_runs)
+                save()
         if "S6" in scenarios:
             stage("S6", notes, lambda: rates.update(accountd_rates(work, 2.0, args.runs)))
             save()

@@ -11,13 +11,16 @@ directory per run, prepares what a scenario assumes outside the timing
 * ``acme-tiny``, ``uacme``, ``certbot``: Debian packages, webroot served by the runner.
 
 Account keys are RSA-2048 and certificate keys P-256 for everyone (certbot
-makes its own, of the same types).  Peers trust Pebble's TLS certificate
-through the system bundle the runner bind-mounts in its namespace; this
-project through its ``[client] SSL_ca_file`` setting.
+makes its own, of the same types).  Every client trusts the same file, one
+variant at a time (the system bundle plus Pebble's TLS CA, or Pebble's CA
+alone): the peers through the system bundle's path, which the runner
+bind-mounts in its namespace; this project through its ``[client]
+SSL_ca_file`` setting, pointed at that same file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import uuid
@@ -43,7 +46,7 @@ class Context:
 
     directory_url: str
     http_port: int
-    tls_ca_file: str  # Pebble's own TLS CA (PEM)
+    tls_ca_file: str  # the trust file of the variant in use (bench.TRUST)
     root_file: str    # the root that issues end-entity chains (CAfile)
     work: Path
 
@@ -107,6 +110,11 @@ class Adapter:
 
     def teardown(self) -> None:
         """Once, at the end (also after an error or an interruption)."""
+
+    def trust(self, bundle: Path) -> None:
+        """From now on, trust ``bundle`` (the peers: through the system bundle's path,
+        which the runner bind-mounts; this project: its SSL_ca_file)."""
+        self.ctx = dataclasses.replace(self.ctx, tls_ca_file=str(bundle))
 
     def services(self) -> set[int]:
         """Long-running processes of the runner that no run may be charged with."""
@@ -212,6 +220,15 @@ class Lacme(LacmeFamily):
             f"[client]\nserver = {self.ctx.directory_url}\nSSL_ca_file = {self.ctx.tls_ca_file}\n"
             f"[webserver]\nlisten = 127.0.0.1:{self.ctx.http_port}\n"
             f"[accountd]\nconfig = {state}/lacme-accountd.conf\nquiet = Yes\n")
+
+
+class LacmeBase(Lacme):
+    """Another tree of this project, fork mode, the same configuration: the tree
+    before a change, installed in its own venv (``LACME_BENCH_BASELINE``, a venv
+    that setup.sh made with ``LACME_BENCH_VENV``), for side-by-side ratios."""
+
+    name = "lacme-base"
+    program = os.path.join(os.environ.get("LACME_BENCH_BASELINE", "/nonexistent"), "bin", "lacme")
 
 
 class LacmePerl(LacmeFamily):

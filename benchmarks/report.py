@@ -24,8 +24,13 @@ SCENARIOS = {
     "S5": "100 certificates of 1 name (account exists)",
 }
 SHAPE = {"S1": (1, 1), "S2": (1, 10), "S3": (20, 1), "S5": (100, 1)}  # certificates, names
+VARIANTS = {"": "trust: the system bundle plus Pebble's TLS CA",
+            "/pebble": "trust: Pebble's TLS CA alone"}
+S7_RSS_FACTOR, S7_WALL_FACTOR, S7_NOOP_MAX = 2.0, 12.0, 0.3  # issue 16's targets
 US = "lacme"
 SYSTEMD = "lacme-systemd"
+BASE = "lacme-base"  # the tree before a change (clients.LacmeBase): not a peer
+NO_REGRESSION = {"S3": 1.05, "S4": 1.05, "S5": 1.05}  # this tree / the baseline's, at most
 
 
 def ok_runs(runs: list[dict]) -> list[dict]:
@@ -88,18 +93,27 @@ def compute(results: dict) -> tuple[dict, dict, dict]:
     """Summaries; fork mode's ratios to its peers; systemd mode's ratios to every other client."""
     summary = {s: {c: summarize(runs) for c, runs in clients.items()}
                for s, clients in results.items()}
-    return summary, ratios_of(results, US, (SYSTEMD,)), ratios_of(results, SYSTEMD)
+    return summary, ratios_of(results, US, (SYSTEMD,)), ratios_of(results, SYSTEMD, (BASE,))
+
+
+def shape(scenario: str) -> tuple[int, int] | None:
+    """(certificates, names) of an issuing scenario: "S1", "S1/pebble", "S7 N=300"."""
+    if scenario.startswith("S7 N=") and not scenario.endswith("no-op"):
+        return int(scenario[5:]), 1
+    return SHAPE.get(scenario.split("/")[0])
 
 
 def request_budget(scenario: str, invocations: int) -> int:
-    certs, names = SHAPE[scenario]
+    certs, names = shape(scenario) or (0, 0)
     return certs * (2 * names + 5 + 1) + 3 * invocations
 
 
 def check_requests(results: dict, us: str = US) -> tuple[bool | None, str]:
     worst = []
     verdict: bool | None = None
-    for scenario in SHAPE:
+    for scenario in results:
+        if shape(scenario) is None:
+            continue
         for run in ok_runs(results.get(scenario, {}).get(us, [])):
             req, inv = run["requests"], run["invocations"]
             total = sum(req.values())
@@ -133,12 +147,14 @@ def targets(summary: dict, ratios: dict, results: dict, notes: dict, us: str = U
                     "value": None if value is None else round(value, 3),
                     "met": met, "detail": detail})
 
-    r = ratio("S1", "acme-tiny")
-    add("S1", "ratio to acme-tiny <= 1.0", r, None if r is None else r <= 1.0)
+    for variant, title in VARIANTS.items():
+        r = ratio("S1" + variant, "acme-tiny")
+        add("S1" + variant, f"ratio to acme-tiny <= 1.0 ({title})", r,
+            None if r is None else r <= 1.0)
     r = ratio("S2", f"{us} S1")
     add("S2", "<= 1.2 x this project's S1", r, None if r is None else r <= 1.2)
     r = ratio("S3", "lacme-perl")
-    peers = {p: v["median"] for p, v in ratios.get("S3", {}).items() if p != US}
+    peers = {p: v["median"] for p, v in ratios.get("S3", {}).items() if p not in (US, BASE)}
     below = all(v < 1.0 for v in peers.values()) if peers else None
     add("S3", "<= 0.05 x lacme-perl, and below every peer", r,
         None if r is None else r <= 0.05 and bool(below),
@@ -157,10 +173,48 @@ def targets(summary: dict, ratios: dict, results: dict, notes: dict, us: str = U
         None, met, "observed/budget: " + detail)
     mem = summary.get("S3", {}).get(us, {}).get("rss_tree_mb_max")
     pss = summary.get("S3", {}).get(us, {}).get("pss_tree_mb_max")
-    add("Memory", "four components < 60 MB RSS together in S3", mem,
-        None if mem is None else mem < 60,
-        "" if not pss else f"summed PSS (shared pages counted once): {pss:.1f} MB")
+    add("Memory", "summed PSS of all components <= 60 MB in S3", pss,
+        None if pss is None else pss <= 60,
+        "" if not mem else f"summed RSS (shared pages once per process): {mem:.1f} MB")
+    scale_targets(summary, results, us, add)
+    if us == US:
+        for scenario, limit in NO_REGRESSION.items():
+            r = ratio(scenario, BASE)
+            add(f"No regression {scenario}", f"<= {limit:g} x the baseline tree (lacme-base), "
+                "pair by pair", r, None if r is None else r <= limit)
     return out
+
+
+def largest_by_program(runs: list[dict]) -> dict[str, float]:
+    """Peak RSS (VmHWM, MB) of each program, the worst process of the worst run."""
+    peak: dict[str, float] = {}
+    for run in ok_runs(runs):
+        for program, kb in run.get("processes", ()):
+            peak[program] = max(peak.get(program, 0.0), kb / 1024)
+    return peak
+
+
+def scale_targets(summary: dict, results: dict, us: str, add) -> None:
+    """S7 (1000 certificates): wall <= 12 x S5, RSS per process <= 2 x S3, no-op <= 0.3 s."""
+    big = max((int(k[5:]) for k in results if k.startswith("S7 N=") and k[5:].isdigit()
+               and us in results[k]), default=None)
+    if big is None:
+        return
+    key = f"S7 N={big}"
+    wall = median_of(summary, key, us)
+    s5 = median_of(summary, "S5", us)
+    r = wall / s5 if wall and s5 else None
+    add(f"S7 wall (N={big})", f"<= {S7_WALL_FACTOR:g} x S5", r,
+        None if r is None else r <= S7_WALL_FACTOR, f"S7 {fmt(wall)} s, S5 {fmt(s5)} s")
+    s7_rss = largest_by_program(results[key][us])
+    s3_rss = largest_by_program(results.get("S3", {}).get(us, []))
+    worst = max(((v / s3_rss[p], p) for p, v in s7_rss.items() if s3_rss.get(p)), default=None)
+    add(f"S7 RSS (N={big})", f"no process above {S7_RSS_FACTOR:g} x its S3 peak RSS",
+        worst[0] if worst else None, None if worst is None else worst[0] <= S7_RSS_FACTOR,
+        ", ".join(f"{p} {v:.1f}/{s3_rss.get(p, 0):.1f} MB" for p, v in sorted(s7_rss.items())))
+    noop = median_of(summary, f"{key} no-op", us)
+    add(f"S7 no-op (N={big})", f"S4 over the {big} certificates <= {S7_NOOP_MAX:g} s", noop,
+        None if noop is None else noop <= S7_NOOP_MAX)
 
 
 # -- Markdown ----------------------------------------------------------------
@@ -192,6 +246,36 @@ def cpu_parts_lines(summary: dict, results: dict) -> list[str]:
             "work for the run too, but run all the time: shown, not counted.", ""] + lines + [""]
 
 
+def curve_lines(summary: dict, results: dict) -> list[str]:
+    """S7: how wall time, requests, RSS per process and the no-op grow with N."""
+    keys = sorted((k for k in results if k.startswith("S7 N=") and k[5:].isdigit()),
+                  key=lambda k: int(k[5:]))
+    if not keys:
+        return []
+    lines = ["## S7: the curve, N certificates of 1 name in one run (account exists)", "",
+             "One run per size, against one Pebble; \"ms per cert\" is wall / N; requests "
+             "against the floor (N x (2 + 5 + 1) + 3: per certificate 2N+5 plus one poll, "
+             "directory, first nonce and account once); peak RSS of each process (VmHWM, MB); "
+             "no-op: S4 over the N installed certificates.", "",
+             "| N | client | wall s | ms per cert | CPU s | requests / floor | peak RSS per process MB "
+             "| PSS tree MB | no-op s |", "| ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for key in keys:
+        n = int(key[5:])
+        for client, s in summary[key].items():
+            if "wall_median" not in s:
+                lines.append(f"| {n} | {client} | failed | | | | | | |")
+                continue
+            rss = largest_by_program(results[key][client])
+            noop = summary.get(f"{key} no-op", {}).get(client, {}).get("wall_median")
+            lines.append(
+                f"| {n} | {client} | {fmt(s['wall_median'])} | {1000 * s['wall_median'] / n:.1f} "
+                f"| {fmt(s['cpu_median'], 2)} | {s['requests_median']:g} / "
+                f"{request_budget(key, s['invocations'])} "
+                f"| {', '.join(f'{p} {v:.0f}' for p, v in sorted(rss.items()))} "
+                f"| {s.get('pss_tree_mb_max', 0):.0f} | {fmt(noop)} |")
+    return lines + [""]
+
+
 def render(machine: dict, summary: dict, ratios: dict, rates: dict, goals: list[dict],
            notes: dict, sd_ratios: dict | None = None, results: dict | None = None) -> str:
     sd_ratios = sd_ratios or {}
@@ -211,7 +295,8 @@ def render(machine: dict, summary: dict, ratios: dict, rates: dict, goals: list[
                 "systemd mode over fork mode). lacme-systemd is the same tree in systemd mode "
                 "(socket-activated units in a booted container; benchmarks/README.md)."
                 if with_sd else "."), ""]
-    for scenario, title in SCENARIOS.items():
+    for scenario, title in ((s + v, f"{t} ({vt})" if v or s in ("S1", "S2", "S3", "S4") else t)
+                            for s, t in SCENARIOS.items() for v, vt in VARIANTS.items()):
         if scenario not in summary:
             continue
         extra_head, extra_rule = (" lacme-systemd ratio |", " ---: |") if with_sd else ("", "")
@@ -241,9 +326,10 @@ def render(machine: dict, summary: dict, ratios: dict, rates: dict, goals: list[
                 lines.append(f"| {label} | {client} | {statistics.median(values):.0f} "
                              f"| {min(values):.0f}–{max(values):.0f} |")
         lines.append("")
+    lines += curve_lines(summary, results or {})
     lines += cpu_parts_lines(summary, results or {})
     lines += ["## Requests by endpoint (median per run)", ""]
-    for scenario in SCENARIOS:
+    for scenario in summary:
         for client, s in summary.get(scenario, {}).items():
             if s.get("requests_by_endpoint"):
                 parts = ", ".join(f"{e} {v:g}" for e, v in s["requests_by_endpoint"].items())

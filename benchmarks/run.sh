@@ -6,5 +6,5 @@
 # with it.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-"$here/setup.sh"
+[ -n "${LACME_BENCH_NO_SETUP:-}" ] || "$here/setup.sh"
 LACME_BENCH_HOST_NS=$(readlink /proc/self/ns/mnt) exec unshare --mount --propagation private "${LACME_BENCH_VENV:-/opt/lacme-bench-venv}/bin/python" "$here/bench.py" "$@"

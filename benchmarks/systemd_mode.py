@@ -192,6 +192,12 @@ class LacmeSystemd(LacmeFamily):
         # it exists (and keeps every later process's CPU) from the first run on
         box.run("systemd-run", "--wait", "--quiet", "--collect", f"--slice={SLICE}", "/bin/true")
 
+    def trust(self, bundle: Path) -> None:
+        """The variant's trust file as the box's SSL_ca_file (its lacme.conf names it)."""
+        super().trust(bundle)
+        if self.box is not None:
+            self.box.write("/etc/lacme/pebble-tls-ca.pem", bundle.read_text())
+
     def pointed_at_pebble(self, conf: str) -> str:
         """The installed systemd-mode lacme.conf with Pebble's URL and TLS CA."""
         conf, found = re.subn(r"(?m)^server = .*$", f"server = {self.ctx.directory_url}", conf)

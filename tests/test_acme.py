@@ -26,10 +26,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lacme.client.acme.messages import AcmeProblemError, Problem
+from lacme.client.acme.messages import AcmeProblemError, Problem, parse_retry_after
 from lacme.client.acme.session import AcmeSession
 from lacme.client.acme.tls import tls_version_range
-from lacme.client.acme.transport import parse_retry_after
 from lacme.core.errors import AcmeError
 from lacme.core.origin import origin_of
 from lacme.core.text import DETAIL_LIMIT, escape_text

@@ -58,6 +58,7 @@ class Record:
 
     _fields: tuple[str, ...] = ()
     _defaults: dict[str, Any] = {}
+    _field_set: frozenset[str] = frozenset()
     _frozen: bool = True
 
     def __init_subclass__(cls, frozen: bool = True, **kwargs: Any) -> None:
@@ -80,6 +81,7 @@ class Record:
                 raise TypeError(f"{cls.__name__}: field {name!r} without a default "
                                 "follows one with a default")
         cls._fields, cls._defaults, cls._frozen = fields, defaults, frozen
+        cls._field_set = frozenset(fields)
         setattr(cls, "__match_args__", fields)  # noqa: B010 - the field names are known only here
         if "__hash__" not in cls.__dict__:
             cls.__hash__ = Record._hash if frozen else None  # type: ignore[assignment]  # None: unhashable, as for mutable dataclasses
@@ -89,12 +91,15 @@ class Record:
         if len(args) > len(fields):
             raise TypeError(f"{name}() takes {len(fields)} positional arguments "
                             f"but {len(args)} were given")
-        values = dict(zip(fields, args, strict=False))  # fewer arguments than fields: defaults
-        for key, value in kwargs.items():
-            if key in values:
-                raise TypeError(f"{name}() got multiple values for argument {key!r}")
-            values[key] = value
-        if len(values) != len(fields) or not values.keys() <= set(fields):
+        if not args:
+            values = kwargs  # this call's own dict
+        else:
+            values = dict(zip(fields, args, strict=False))  # fewer arguments than fields: defaults
+            for key, value in kwargs.items():
+                if key in values:
+                    raise TypeError(f"{name}() got multiple values for argument {key!r}")
+                values[key] = value
+        if len(values) != len(fields) or not values.keys() <= self._field_set:
             values = self._complete(values)
         self.__dict__.update((field, values[field]) for field in fields)
 

@@ -12,7 +12,9 @@ Implements RFC 8555 6.7 (problem documents, RFC 7807), 7.1.2 (account),
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 from typing import Any
 
 from lacme.core.errors import AcmeError
@@ -241,3 +243,30 @@ class Order(Record):
                    authorizations=tuple(authorizations), finalize=obj.get("finalize", ""),
                    certificate=obj.get("certificate", ""),
                    error=Problem.from_json(error) if isinstance(error, dict) else None)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delay-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP-date (RFC 9110 5.6.7, GMT) as a POSIX timestamp; None if absent or unreadable."""
+    try:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if when is None or when.tzinfo is None else when.timestamp()

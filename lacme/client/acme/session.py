@@ -24,22 +24,23 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from lacme import __version__
-from lacme.client.acme.messages import Account, Authorization, Order
+from lacme.client.acme.messages import Account, Authorization, Order, parse_retry_after
 from lacme.client.acme.transport import (
     MAX_CHAIN_BYTES,
     MAX_JSON_BYTES,
     Response,
     Transport,
-    parse_retry_after,
 )
 from lacme.core.errors import AcmeError
 from lacme.core.text import escape_text
 from lacme.protocol import jws
 
-POLL_FIRST = 0.05  # first poll of an order this soon after the last step
+POLL_FIRST = 0.05  # first poll of an order at most this soon after the last step
+POLL_QUICK = 0.01  # ... and at least this soon: a CA a round trip of 2.5 ms away
+POLL_ROUND_TRIPS = 4  # ... else this many round trips of the last step's request
 POLL_FACTOR = 1.5
 POLL_MAX = 2.0
-POLL_FLOOR = 0.05  # never poll more often than this, whatever Retry-After says
+POLL_FLOOR = POLL_QUICK  # never poll more often than this, whatever Retry-After says
 RETRY_AFTER_MIN = 1.0  # a server's Retry-After below this (0 included) is raised to it
 PEM_CHAIN = "application/pem-certificate-chain"
 
@@ -302,12 +303,19 @@ class AcmeSession(SignedSession):
                    *, status: str = "pending") -> Order:
         """POST-as-GET the order until its status is in ``until`` (7.4).
 
-        First poll after POLL_FIRST, then backing off to POLL_MAX; a server's
-        Retry-After is honoured, but never below POLL_FLOOR nor beyond the
-        deadline.  AcmeError when the deadline comes first.
+        First poll after POLL_ROUND_TRIPS round trips of the request that
+        started the step (the challenge's or the finalize POST), within
+        POLL_QUICK..POLL_FIRST: a CA that validates or issues at once and
+        is near is not waited for longer than it works, one farther away
+        (10 ms and more) is polled after POLL_FIRST.  Then backing off to
+        POLL_MAX; a server's Retry-After is honoured, but never below
+        POLL_FLOOR nor beyond the deadline.  AcmeError when the deadline
+        comes first.
         """
         wanted = frozenset(until)
-        wait = POLL_FIRST
+        rtt = self.http.last_round_trip()
+        wait = POLL_FIRST if rtt is None else min(POLL_FIRST,
+                                                   max(POLL_QUICK, POLL_ROUND_TRIPS * rtt))
         while True:
             self._sleep_before_poll(url, wait, status)
             response, body = self.post_json(url, None)

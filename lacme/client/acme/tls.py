@@ -16,6 +16,9 @@ import ssl
 import threading
 import time
 import weakref
+from typing import Any
+
+from lacme.core.text import escape_text
 
 # SSL_version values in the spelling of IO::Socket::SSL / OpenSSL.
 _TLS_VERSIONS = {
@@ -130,3 +133,23 @@ def _shutdown_socket(sock: socket.socket) -> None:
         _socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except (OSError, ValueError):
         pass
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A short reason for a failure, from the deepest OSError (a TLS one first)."""
+    seen: set[int] = set()
+    best: OSError | None = None
+    todo: list[Any] = [exc]
+    while todo:
+        cur = todo.pop()
+        if not isinstance(cur, BaseException) or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLError):
+            return f"TLS error: {escape_text(cur.reason or cur, 200)}"
+        if isinstance(cur, OSError) and cur.strerror:
+            best = cur
+        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None), *cur.args])
+    if best is not None:
+        return escape_text(best.strerror, 200)
+    return escape_text(str(exc) or type(exc).__name__, 200)

@@ -14,28 +14,38 @@ Implements RFC 8555 6.1 (HTTPS, User-Agent, Accept-Language), 6.5 (nonces,
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
 import logging
+import os
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.util.ssl_ import create_urllib3_context
-
+from lacme.client.acme import messages
 from lacme.client.acme.messages import BAD_NONCE, AcmeProblemError, Problem, parse_json
 from lacme.client.acme.nonces import BAD_NONCE_STORM, MAX_BAD_NONCE_RETRIES, NoncePool
-from lacme.client.acme.tls import Watchdog, tls_version_range
+from lacme.client.acme.tls import Watchdog, describe_os_error, tls_version_range
 from lacme.core.errors import AcmeError
 from lacme.core.log import VERBOSE
 from lacme.core.origin import origin_of
 from lacme.core.text import escape_text
+
+# requests imports a charset guesser for ``.text`` (charset_normalizer: 90 modules,
+# 6 ms, 1.6 MB); bodies are read here as octets and JSON is UTF-8 (RFC 8259 8.1),
+# so it is not loaded (None in sys.modules fails the import; requests copes).
+for _guesser in ("charset_normalizer", "chardet"):
+    sys.modules.setdefault(_guesser, None)  # type: ignore[arg-type]  # None blocks an import (importlib docs)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "Unable to find acceptable character detection")
+    import requests
+    import urllib3
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.ssl_ import create_urllib3_context
 
 log = logging.getLogger("lacme-client")
 
@@ -48,44 +58,8 @@ JSON_TYPES = ("application/json", "application/problem+json")
 Response = requests.Response  # what every request returns (the session's type for it)
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delay-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def describe_exception(exc: BaseException) -> str:
-    """A short reason for a transport failure, from the deepest OSError."""
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    seen: set[int] = set()
-    best: OSError | None = None
-    todo: list[Any] = [exc]
-    while todo:
-        cur = todo.pop()
-        if not isinstance(cur, BaseException) or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLError):
-            return f"TLS error: {escape_text(cur.reason or cur, 200)}"
-        if isinstance(cur, OSError) and cur.strerror:
-            best = cur
-        todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None), *cur.args])
-    if best is not None:
-        return escape_text(best.strerror, 200)
-    return escape_text(str(exc) or type(exc).__name__, 200)
+def describe_exception(exc: BaseException) -> str:  # a failure's short reason
+    return "timed out" if isinstance(exc, requests.Timeout) else describe_os_error(exc)
 
 
 def make_ssl_context(
@@ -116,11 +90,35 @@ class _RefusingAdapter(HTTPAdapter):
 
 
 class _TLSAdapter(HTTPAdapter):
-    """An HTTPAdapter whose connections use one given SSLContext."""
+    """Connections with one SSLContext, the trust anchors (SSL_ca_file, or requests'
+    bundle) loaded into it once, not parsed again for each new connection (10 ms
+    for a system bundle); a missing file is left to requests, whose error names it."""
 
     def __init__(self, context: ssl.SSLContext, **kwargs: Any) -> None:
         self._context = context
+        self._trust_lock = threading.Lock()
+        self._trusted: str | None = None  # the file or directory loaded
         super().__init__(**kwargs)
+
+    def _load_trust(self, verify: Any) -> None:
+        where = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+        with self._trust_lock:
+            if verify and self._trusted != where and os.path.exists(where):
+                self._context.load_verify_locations(*(None, where) if os.path.isdir(where) else (where,))
+                self._trusted = where
+
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any,
+                                             cert: Any = None) -> tuple[Any, Any]:
+        self._load_trust(verify)
+        host, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        if self._trusted is not None:  # in the context already
+            pool_kwargs.pop("ca_certs", None), pool_kwargs.pop("ca_cert_dir", None)
+        return host, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)  # its checks, its error for a missing file
+        if self._trusted is not None and verify:
+            conn.ca_certs = conn.ca_cert_dir = None
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._context
@@ -177,6 +175,7 @@ class Transport:
             self._watchdog.stop()
             raise
         self._budget = threading.local()  # requests left to the calling thread's order
+        self._timing = threading.local()  # the calling thread's last round trip
         self.nonces = NoncePool(self._cancelled)
         # The CA's clock (RFC 9110 6.6.1 Date) from the first response that has one:
         # given once to on_date(posix_seconds, url); the master compares it to its clock.
@@ -242,6 +241,9 @@ class Transport:
             raise AcmeError(f"{escape_text(url, 200)}: timed out (client timeout reached)")
         return left
 
+    def last_round_trip(self) -> float | None:  # seconds, body included; None before one
+        return getattr(self._timing, "round_trip", None)
+
     def sleep(self, url: str, seconds: float) -> None:
         """Wait ``seconds``, or AcmeError as soon as the session is cancelled."""
         if self._cancelled.wait(seconds):
@@ -260,6 +262,7 @@ class Transport:
         left = self.check_time(url)
         self._spend_request(url)
         log.debug("%s %s", method, escape_text(url))
+        started = time.monotonic()
         try:
             response = self._http.request(method, url, timeout=left, allow_redirects=False,
                                           stream=True, **kwargs)
@@ -273,6 +276,7 @@ class Transport:
             if self.remaining() <= 0:
                 raise AcmeError(f"{escape_text(url, 200)}: timed out (client timeout reached)") from None
             raise AcmeError(f"{escape_text(url, 200)}: {describe_exception(exc)}") from None
+        self._timing.round_trip = time.monotonic() - started
         nonce = response.headers.get("Replay-Nonce")
         if nonce and pool_nonce:
             self.nonces.put(nonce)
@@ -282,17 +286,13 @@ class Transport:
         return response
 
     def _see_date(self, value: str | None, url: str) -> None:
-        try:
-            when = email.utils.parsedate_to_datetime(value) if value else None
-        except (TypeError, ValueError, IndexError):
-            when = None
-        if when is None or when.tzinfo is None or self.on_date is None:
+        if (when := messages.parse_http_date(value)) is None or self.on_date is None:
             return
         with self._date_lock:
             if self._date_seen:
                 return
             self._date_seen = True
-        self.on_date(when.timestamp(), url)
+        self.on_date(when, url)
 
     def _read_body(self, response: requests.Response, url: str, limit: int) -> None:
         """Read the body into ``response`` (``.content``), refusing more than ``limit`` octets."""
@@ -351,7 +351,7 @@ class Transport:
             if problem.type != BAD_NONCE:
                 self.nonces.count_bad_nonce(False)
                 raise AcmeProblemError(url, problem,
-                                       parse_retry_after(response.headers.get("Retry-After")))
+                                       messages.parse_retry_after(response.headers.get("Retry-After")))
             in_a_row = self.nonces.count_bad_nonce(True)
             if in_a_row >= BAD_NONCE_STORM or attempt == MAX_BAD_NONCE_RETRIES:
                 raise AcmeError(f"{escape_text(url, 200)}: {max(in_a_row, attempt + 1)} badNonce "
