@@ -196,7 +196,13 @@ def _record_failure(plan: Plan, reason: str, retry_after: float | None = None) -
     log.error("[%s] %s", section.name, reason,
               extra={"MESSAGE_ID": journal.ORDER_FAILED, "LACME_SECTION": section.name,
                      "LACME_IDENTIFIERS": ",".join(section.names), "LACME_OUTCOME": "failed"})
-    plan.entry = _failed_entry(plan, reason, retry_after)
+    # no account yet (RFC 8555 7.3.1 accountDoesNotExist): nothing the CA
+    # refused about this order, and the fix (a registration) is the user's next step
+    plan.entry = _failed_entry(plan, reason, retry_after, counts=NO_ACCOUNT not in reason)
+
+
+#: The problem type (RFC 8555 6.7) of a lookup for a key that has no account.
+NO_ACCOUNT = "urn:ietf:params:acme:error:accountDoesNotExist"
 
 
 def _failed_entry(plan: Plan, reason: str, retry_after: float | None = None, *,
