@@ -93,17 +93,22 @@ def fill_temporary(fd: int, data: bytes, mode: int, uid: int, gid: int) -> None:
     os.fsync(fd)
 
 
-def _in_directory(path: str, step: Callable[[int, str, bytes, int, int, int], T],
-                  data: bytes, mode: int, uid: int, gid: int) -> T:
-    """Run ``step`` on ``path``'s directory (opened once) and base name; an
-    OSError becomes one LacmeError naming ``path``."""
+def open_directory(path: str) -> tuple[int, str]:
+    """(descriptor of ``path``'s directory, its base name); one LacmeError naming ``path``."""
     directory, basename = os.path.split(path)
     if not basename:
         raise LacmeError(f"{path}: not a file name")
     try:
-        dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), basename
     except OSError as e:
         raise LacmeError(f"{path}: directory: {describe(e)}") from None
+
+
+def _in_directory(path: str, step: Callable[[int, str, bytes, int, int, int], T],
+                  data: bytes, mode: int, uid: int, gid: int) -> T:
+    """Run ``step`` on ``path``'s directory (opened once) and base name; an
+    OSError becomes one LacmeError naming ``path``."""
+    dir_fd, basename = open_directory(path)
     try:
         return step(dir_fd, basename, data, mode, uid, gid)
     except OSError as e:
@@ -149,13 +154,7 @@ def replace_files(items: Sequence[tuple[str, bytes]], mode: int, uid: int = -1,
     staged: list[tuple[str, int, str, str]] = []  # (path, dir fd, temporary, basename)
     try:
         for path, data in items:
-            directory, basename = os.path.split(path)
-            if not basename:
-                raise LacmeError(f"{path}: not a file name")
-            try:
-                dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as e:
-                raise LacmeError(f"{path}: directory: {describe(e)}") from None
+            dir_fd, basename = open_directory(path)
             try:
                 remove_stale_temporaries(dir_fd, basename)
                 name, fd = create_temporary(dir_fd, basename)

@@ -144,7 +144,8 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
         raise
     for sid, outcome in results.items():
         if outcome is not True:
-            _record_failure(pending[sid], str(outcome), session.rate_limited.get(sid))
+            _record_failure(pending[sid], str(outcome), session.rate_limited.get(sid),
+                            counts=session.problems.get(sid) != NO_ACCOUNT)
             rv = EXIT_FAILURE
     for sid in installed:
         if not _notify(pending[sid].section):
@@ -191,14 +192,15 @@ def order_options(plan: Plan) -> dict[str, Any]:
     return options
 
 
-def _record_failure(plan: Plan, reason: str, retry_after: float | None = None) -> None:
+def _record_failure(plan: Plan, reason: str, retry_after: float | None = None, *,
+                    counts: bool = True) -> None:
+    """Log and keep a section's failure; ``counts``: it starts the back-off (not
+    when the key has no account yet: the fix, a registration, is the user's)."""
     section = plan.section
     log.error("[%s] %s", section.name, reason,
               extra={"MESSAGE_ID": journal.ORDER_FAILED, "LACME_SECTION": section.name,
                      "LACME_IDENTIFIERS": ",".join(section.names), "LACME_OUTCOME": "failed"})
-    # no account yet (RFC 8555 7.3.1 accountDoesNotExist): nothing the CA
-    # refused about this order, and the fix (a registration) is the user's next step
-    plan.entry = _failed_entry(plan, reason, retry_after, counts=NO_ACCOUNT not in reason)
+    plan.entry = _failed_entry(plan, reason, retry_after, counts=counts)
 
 
 #: The problem type (RFC 8555 6.7) of a lookup for a key that has no account.

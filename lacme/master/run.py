@@ -117,6 +117,7 @@ class ClientSession:
         self.gate: PublishGate | None = None  # known with accountd's greeting
         self.clock = ClockCheck()  # the CA's Date header against our clock
         self.rate_limited: dict[str, float] = {}  # order id -> the CA's Retry-After, seconds
+        self.problems: dict[str, str] = {}  # order id -> the problem type (RFC 8555 6.7) it failed on
         self.dns_names = tuple(dns_names)
         self.dns: DnsRelay | None = None
 
@@ -219,6 +220,7 @@ class ClientSession:
 
     def _order_messages(self, results: dict[str, bool | str],
                         on_certificate: Callable[..., str | None]) -> dict[str, bool | str]:
+        assert self.channel is not None
         for msg in self._messages():
             kind = msg["type"]
             if kind == "unpublish" and self.challenges is not None:
@@ -226,7 +228,7 @@ class ClientSession:
             elif kind in ("dns_publish", "dns_unpublish"):
                 from lacme.master.dnsrelay import answer_request
 
-                answer_request(self.dns, self.channel, msg)  # type: ignore[arg-type] # set in __enter__
+                answer_request(self.dns, self.channel, msg)
             elif kind == "certificate" and msg.get("id") in results:
                 pem = str(msg.get("pem", ""))
                 alternates = [a for a in msg.get("alternates") or [] if isinstance(a, str)]
@@ -235,6 +237,8 @@ class ClientSession:
                 results[msg["id"]] = True if refused is None else refused
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
+                if isinstance(msg.get("problem"), str):
+                    self.problems[msg["id"]] = msg["problem"]
                 retry = msg.get("retry_after")
                 if (msg.get("problem") == RATE_LIMITED and isinstance(retry, (int, float))
                         and not isinstance(retry, bool) and retry >= 0):
