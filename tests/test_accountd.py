@@ -236,7 +236,7 @@ def test_config_file_privkey_and_keyid_mode(keydir, tmp_path):
     jwk_line = line_for(header("ES256", jwk=jwk_keys.public_jwk(public_key_of(key))), {})
     assert d.request(jwk_line) == b""
     rc, err = d.finish()
-    assert rc == 0 and "NOSIGN" in err and "key id is configured" in err
+    assert rc == 1 and "NOSIGN" in err and "key id is configured" in err
 
 
 def test_command_line_privkey_wins_over_config(keydir, tmp_path):
@@ -271,10 +271,13 @@ def test_refusal_closes_connection_and_is_logged(keydir, tmp_path, make_line, re
     assert d.request(make_line(jwk)) == b""  # connection closed, nothing signed
     assert d.request(good) == b""
     rc, err = d.finish()
-    assert rc == 0
+    # with --stdio a refusal is this program's error: one line, exit status 1
+    assert rc == 1
     assert err.count("SIGNED") == 1 and err.count("NOSIGN") == 1 and reason in err
+    refusal = [x for x in err.splitlines() if "NOSIGN" in x]
+    assert refusal[0].startswith("error: lacme-accountd: refused to sign (NOSIGN): "), err
     logged = log.read_text()
-    assert logged.count("SIGNED") == 1 and "warning: " in logged and reason in logged
+    assert logged.count("SIGNED") == 1 and "error: " in logged and reason in logged
 
 
 def test_origin_from_environment_pins_unless_option_given(keydir, tmp_path):
@@ -589,5 +592,5 @@ def test_ours_refuses_whatever_debian_refuses_and_more(keydir, line):
     assert mine_answer == b""  # we refuse every one of these
     if their_answer:  # Debian is laxer here; had it signed, the bytes would have been ours
         assert verify(key, "RS256", line, wire.parse_signature(their_answer))
-    assert mine.finish()[0] == 0
+    assert mine.finish()[0] == 1  # a refusal: its error, exit status 1
     theirs.finish()

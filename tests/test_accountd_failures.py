@@ -69,9 +69,29 @@ def test_refused_request_is_one_line_and_no_control_channel_noise(setup):
     done = setup.run("account", "--register", "--tos-agreed")
     assert done.returncode == 1
     lines = error_lines(done.stderr)
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: lacme-accountd: connection closed while signing")
+    # accountd's line, which says what it refused and why; nothing from the master
+    assert lines == ["error: lacme-accountd: refused to sign (NOSIGN): scope: origin "
+                     f"{setup.pebble.directory_url.rsplit('/', 1)[0]} is not on "
+                     "https://ca.invalid, the configured origin"], done.stderr
     assert "control channel" not in done.stderr and "Broken pipe" not in done.stderr
+
+
+def test_refused_order_is_one_line_for_every_section(setup):
+    # three sections ordered in one run: accountd refuses the first request,
+    # exits, and the master does not add a line per section
+    for name in ("two", "three"):
+        setup.add_section(name, [f"{name}.failures.example.com"])
+    setup.write()
+    (setup.root / "lacme-accountd.conf").write_text(
+        f"privkey = file:{setup.account_key}\norigin = https://ca.invalid\n")
+    done = setup.run("newOrder")
+    assert done.returncode == 1
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: lacme-accountd: refused to sign"), \
+        done.stderr
+    assert "Traceback" not in done.stderr
+    for section in setup.sections.values():
+        assert not Path(section["certificate"]).exists()
 
 
 def test_failed_account_request_has_only_the_cas_line(setup):

@@ -46,7 +46,7 @@ def conf(keydir, tmp_path):
 def refused(d: Stdio, line: bytes, reason: str) -> None:
     assert d.request(line) == b""  # closed, nothing signed
     rc, err = d.finish()
-    assert rc == 0 and err.count("NOSIGN") == 1 and reason in err, err
+    assert rc == 1 and err.count("NOSIGN") == 1 and reason in err, err
 
 
 def test_greeting_announces_scopes(conf):

@@ -179,7 +179,7 @@ def test_a_host_cannot_order_another_hosts_names(fleet, tmp_path):
     done = setup.run("newOrder")
     assert done.returncode == 1
     assert not Path(section["certificate"]).exists()
-    assert f"NOSIGN newOrder for {stolen} is not allowed by this accountd's names" in host1.log.read_text()
+    assert f"NOSIGN): newOrder for {stolen} is not allowed by this accountd's names" in host1.log.read_text()
     assert fleet.pebble.requests_since(offset)["POST /order-plz"] == 0
 
 

@@ -50,9 +50,10 @@ def show_request(req: wire.SignRequest) -> str:
     return f"header={escape_text(header, limit=None)} payload={escape_text(payload, limit=None)}"
 
 
-def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: str) -> None:
+def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: str) -> str | None:
     """Greet, take the scope if the first line is one, then sign request lines
-    until EOF or the first refusal (lacme.accountd.policy)."""
+    until EOF or the first refusal (lacme.accountd.policy): its reason, which
+    the caller logs, or None."""
     guard = Guard(signer.policy or Policy(), signer.origin, signer.fallback_origin)
     try:
         wfile.write(signer.greeting())
@@ -61,13 +62,12 @@ def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: 
             # The first line may be a scope, which grows with the run's orders.
             line = rfile.readline((MAX_SCOPE_LINE if guard.lines == 0 else wire.MAX_LINE) + 1)
             if not line:
-                return
+                return None
             try:
                 req = guard.take(line, alg=signer.key.alg, jwk=signer.key.jwk, kid=signer.keyid,
                                  binding=signer.binding(), new_key=signer.rollover())
             except wire.Refused as exc:
-                logger.warning("[%s] NOSIGN %s", conn_id, exc.reason)
-                return
+                return exc.reason
             if req is None:
                 logger.log(log.VERBOSE, "[%s] SCOPE %s", conn_id, guard.describe_scope())
                 continue
@@ -77,6 +77,7 @@ def serve_connection(rfile: BinaryIO, wfile: BinaryIO, signer: Signer, conn_id: 
             wfile.flush()
     except OSError as exc:
         logger.debug("[%s] connection error: %s", conn_id, exc)
+    return None
 
 
 def serve_socket(sock: socket.socket, signer: Signer, conn_id: str) -> None:
@@ -84,7 +85,9 @@ def serve_socket(sock: socket.socket, signer: Signer, conn_id: str) -> None:
     logger.log(log.VERBOSE, "[%s] accepted new connection", conn_id)
     try:
         with sock, sock.makefile("rb") as rfile, sock.makefile("wb") as wfile:
-            serve_connection(rfile, wfile, signer, conn_id)
+            refused = serve_connection(rfile, wfile, signer, conn_id)
+        if refused is not None:  # the record, in this accountd's log; the master says it failed
+            logger.warning("[%s] NOSIGN %s", conn_id, refused)
     except OSError as exc:
         logger.debug("[%s] close: %s", conn_id, exc)
     logger.log(log.VERBOSE, "[%s] connection terminated", conn_id)
@@ -185,16 +188,25 @@ def notify_ready() -> None:
         daemon.notify("READY=1")
 
 
-def serve_stdio(signer: Signer) -> None:
+def serve_stdio(signer: Signer, refusals: list[str]) -> None:
     with os.fdopen(0, "rb", closefd=False) as rfile, os.fdopen(1, "wb", closefd=False) as wfile:
-        serve_connection(rfile, wfile, signer, str(os.getpid()))
+        refused = serve_connection(rfile, wfile, signer, str(os.getpid()))
+    if refused is not None:
+        refusals.append(refused)
 
 
 def run_stdio(signer: Signer, waiter: Waiter) -> None:
-    run_in_thread(waiter, serve_stdio, signer)
+    """Serve the one connection on stdin/stdout.  A refusal is an error of
+    this program (its exit status is not 0): its stderr is the master's, or
+    ssh's on the way to it, and the master, seeing this accountd fail, leaves
+    this line as the only one about it."""
+    refusals: list[str] = []
+    run_in_thread(waiter, serve_stdio, signer, refusals)
     stopped = waiter.wait(workers=1)
     if stopped:
         logger.debug("stopped by %s", stopped)
+    if refusals:
+        raise LacmeError(f"refused to sign (NOSIGN): {refusals[0]}")
 
 
 def run_inherited(fds: list[descriptors.InheritedFd], signer: Signer, waiter: Waiter) -> None:

@@ -88,6 +88,26 @@ class _Child:
         self.deadline = 0.0
         self.stage = 0  # 0: waiting for it to end, 1: SIGTERM sent at the deadline, 2: SIGKILL
         self.pidfd: int | None = None
+        self.status: int | None = None  # waitpid's, once reaped
+
+    def poll(self) -> bool:
+        """Reap it if it has ended (its status is kept); whether it has."""
+        if self.status is None:
+            try:
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # not ours to reap (never happens to a spawned one)
+                done, status = self.pid, 0
+            if not done:
+                return False
+            self.status = status
+        return True
+
+    def describe_exit(self) -> str:
+        """" (exit status N)" or " (killed by signal N)"; "" while it runs."""
+        if self.status is None:
+            return ""
+        code = os.waitstatus_to_exitcode(self.status)
+        return f" (killed by signal {-code})" if code < 0 else f" (exit status {code})"
 
 
 class Children:
@@ -95,6 +115,7 @@ class Children:
 
     def __init__(self) -> None:
         self.children: list[_Child] = []
+        self.ended: list[_Child] = []  # stopped: their exit statuses stay known
         self.close_after: list[socket.socket] = []  # the READY socket
 
     def spawn(self, argv: Sequence[str] | Callable[[], Sequence[str]], creds: Credentials,
@@ -135,6 +156,7 @@ class Children:
         """Signal the children to stop (the webservers always, every one when
         ``aborting``), then reap them all together."""
         children, self.children = self.children, []
+        self.ended += children
         for child in children:
             child.terminate = child.terminate or aborting
             if child.terminate:
@@ -145,6 +167,18 @@ class Children:
             # Open until the webservers are gone: their STOPPING=1 finds a reader.
             for sock in self.close_after:
                 sock.close()
+
+    def exit_status(self, pid: int, wait: float) -> str:
+        """How child ``pid`` ended, e.g. " (killed by signal 9)", if it has
+        within ``wait`` seconds (or before: the status is kept once reaped);
+        "" otherwise."""
+        child = next((c for c in self.children + self.ended if c.pid == pid), None)
+        if child is None:
+            return ""
+        deadline = time.monotonic() + wait
+        while not child.poll() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return child.describe_exit()
 
 
 #: Where the administrator reads what to do about a command that the
@@ -178,22 +212,6 @@ def _current_user() -> str:
         return str(os.geteuid())
 
 
-def exit_status(pid: int, wait: float) -> str:
-    """How child ``pid`` ended, e.g. " (killed by signal 9)", if it has within
-    ``wait`` seconds; "" otherwise."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return ""
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-            return f" (killed by signal {-code})" if code < 0 else f" (exit status {code})"
-        time.sleep(0.01)
-    return ""
-
-
 def reap_all(children: list[_Child]) -> None:
     """Wait for every child at once.  Each has ``grace`` seconds (from now) to
     end; then SIGTERM, 2 s more, then SIGKILL.  A child that exited 127 without
@@ -225,14 +243,14 @@ def reap_all(children: list[_Child]) -> None:
 
 
 def _reaped(child: _Child) -> bool:
-    try:
-        done, status = os.waitpid(child.pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    if done and not child.terminate and status and os.WIFEXITED(status) \
+    known = child.status is not None  # reaped before, by exit_status: said already if at all
+    if not child.poll():
+        return False
+    status = child.status
+    if not known and not child.terminate and status and os.WIFEXITED(status) \
             and os.WEXITSTATUS(status) == 127:
         log.error("%s could not be started", child.what)
-    return bool(done)
+    return True
 
 
 def _escalate(child: _Child, now: float) -> None:

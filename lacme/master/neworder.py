@@ -144,8 +144,12 @@ def order_certificates(cfg: MasterConfig, args: argparse.Namespace, due: list[Pl
         raise
     for sid, outcome in results.items():
         if outcome is not True:
+            # accountd refused (or could not go on) and has said so: the
+            # section's line would say it twice; a run-level failure, no back-off
+            said = session.said_by_accountd(str(outcome)) is not None
             _record_failure(pending[sid], str(outcome), session.rate_limited.get(sid),
-                            counts=session.problems.get(sid) != NO_ACCOUNT)
+                            counts=not said and session.problems.get(sid) != NO_ACCOUNT,
+                            said=said)
             rv = EXIT_FAILURE
     for sid in installed:
         if not _notify(pending[sid].section):
@@ -193,11 +197,12 @@ def order_options(plan: Plan) -> dict[str, Any]:
 
 
 def _record_failure(plan: Plan, reason: str, retry_after: float | None = None, *,
-                    counts: bool = True) -> None:
+                    counts: bool = True, said: bool = False) -> None:
     """Log and keep a section's failure; ``counts``: it starts the back-off (not
-    when the key has no account yet: the fix, a registration, is the user's)."""
+    when the key has no account yet: the fix, a registration, is the user's);
+    ``said``: another process printed the reason, logged only when debugging."""
     section = plan.section
-    log.error("[%s] %s", section.name, reason,
+    (log.debug if said else log.error)("[%s] %s", section.name, reason,
               extra={"MESSAGE_ID": journal.ORDER_FAILED, "LACME_SECTION": section.name,
                      "LACME_IDENTIFIERS": ",".join(section.names), "LACME_OUTCOME": "failed"})
     plan.entry = _failed_entry(plan, reason, retry_after, counts=counts)

@@ -49,8 +49,9 @@ def revoke(cfg: MasterConfig, args: argparse.Namespace) -> int:
         if outcome is True:
             log.info("%s: revoked", path)
             revoked.append(os.path.realpath(path))
-        else:
-            log.error("%s: %s", path, outcome)
+        else:  # said once: by accountd when it refused, else here
+            said = session.said_by_accountd(str(outcome)) is not None
+            (log.debug if said else log.error)("%s: %s", path, outcome)
             rv = EXIT_FAILURE
     if revoked:
         recheck_now(cfg, revoked)

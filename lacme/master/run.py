@@ -33,7 +33,7 @@ from lacme.config.master import MasterConfig
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError, ProtocolError, ReportedError
 from lacme.master.challenges import ChallengeDirectory, PublishGate
-from lacme.master.children import Children, exit_status
+from lacme.master.children import Children
 from lacme.master.clock import ClockCheck
 from lacme.master.components import (
     Webservers,
@@ -317,10 +317,15 @@ class ClientSession:
                 line, _ = self.channel.recv_line(control.MAX_LINE)
             except TimeoutError:
                 if failure is not None:
-                    raise failed_command(failure, self.accountd_pid) from None
+                    raise self.failed_command(failure) from None
                 raise LacmeError("the ACME client stopped answering") from None
+            except OSError as exc:  # e.g. reset: it ended with our messages unread
+                if failure is not None:
+                    raise self.failed_command(failure) from None
+                raise LacmeError(f"the ACME client ended unexpectedly ({exc.strerror or exc})"
+                                 + self._client_status()) from None
             if line is None and failure is not None:
-                raise failed_command(failure, self.accountd_pid)
+                raise self.failed_command(failure)
             if line is None:
                 raise LacmeError("the ACME client ended unexpectedly" + self._client_status())
             try:
@@ -334,24 +339,32 @@ class ClientSession:
             elif msg["type"] == "error":
                 failure = str(msg.get("message") or "the ACME client failed")
             elif msg["type"] == "done" and failure is not None:
-                raise failed_command(failure, self.accountd_pid)
+                raise self.failed_command(failure)
             else:
                 yield msg
 
     def _client_status(self) -> str:
         """How the spawned client ended, e.g. " (killed by signal 9)", if it has."""
-        return "" if self.client_pid is None else exit_status(self.client_pid, wait=1.0)
+        return "" if self.client_pid is None else self.children.exit_status(self.client_pid, wait=1.0)
 
+    def said_by_accountd(self, message: str) -> str | None:
+        """When ``message`` (the client's, about a command or an order) is
+        about the accountd this run spawned and that accountd exited with an
+        error status, how it ended (e.g. " (exit status 1)"): it has said why
+        already, on the stderr it shares with us (a refusal, a key it could
+        not load, ssh's own line).  None otherwise, e.g. killed by a signal:
+        then nobody has said it."""
+        if self.accountd_pid is None or not message.startswith(wire.PEER + ":"):
+            return None
+        status = self.children.exit_status(self.accountd_pid, wait=0.5)
+        return status if status.startswith(" (exit status ") and status != " (exit status 0)" \
+            else None
 
-def failed_command(message: str, accountd_pid: int | None) -> LacmeError:
-    """The client's one line about a failed command.  When it is about the
-    accountd this run spawned (``accountd_pid``) and that accountd exited with
-    an error, the accountd has said why already, on the stderr it shares with us."""
-    if accountd_pid is not None and message.startswith(wire.PEER + ":"):
-        status = exit_status(accountd_pid, wait=0.5)
-        if status and status != " (exit status 0)":
-            return ReportedError(message + status)
-    return LacmeError(message)
+    def failed_command(self, message: str) -> LacmeError:
+        """The client's one line about a failed command, a ReportedError when
+        the accountd this run spawned has said why (said_by_accountd)."""
+        status = self.said_by_accountd(message)
+        return LacmeError(message) if status is None else ReportedError(message + status)
 
 
 def collect(messages: Iterable[dict[str, Any]], results: dict[str, Any], answer: str,
