@@ -208,3 +208,18 @@ def test_account_says_which_key_and_kid(setup):
     done = setup.run("account")
     assert done.returncode == 0, done.stderr
     assert f"account {location}: key {thumb} (JWK thumbprint), kid {location}" in done.stderr
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770])
+def test_master_refuses_an_accountd_socket_others_could_replace(setup, tmp_path, mode):
+    # the rule accountd binds by (lacme.core.sockdir), applied by the master
+    # before it connects: one line naming the setting, the socket and the directory
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    path = shared / "S.lacme"
+    done = setup.run("account", socket=str(path))
+    assert done.returncode == 1
+    assert error_lines(done.stderr) == [
+        f"error: [client] socket {path}: {shared}: insecure permissions (writable by group or others)"
+    ], done.stderr

@@ -234,6 +234,13 @@ def test_parse_listen_forms(value: str, expected: list[str]) -> None:
     assert [str(a) for a in parse_listen(value)] == expected
 
 
+@pytest.mark.parametrize("value", ["0.0.0.0:", "[::]:", "10.0.0.1:x", "10.0.0.1:0", "01.2.3.4"])
+def test_parse_listen_refuses_a_colon_without_a_port_and_the_like(value: str) -> None:
+    # the quick dotted-quad path and the full parse agree: "IPV4:" is no address
+    with pytest.raises(ConfigError, match="listen"):
+        parse_listen(value)
+
+
 def test_parse_listen_families() -> None:
     four, six, unix = parse_listen("10.0.0.1:81 [::1]:82 /s")
     assert (four.family, four.host, four.port) == ("inet", "10.0.0.1", 81)

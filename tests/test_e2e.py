@@ -155,6 +155,16 @@ def test_new_order_several_sections_and_names_in_one_run(setup, pebble):
     assert counts["POST /order-plz"] == 2
 
 
+def test_new_order_quiet_prints_nothing_when_all_is_well(setup):
+    # the master's --quiet reaches its components: no webserver "listening on"
+    setup.add_section("hush", [unique_name("hush")])
+    setup.write_certs()
+    done = setup.run("--quiet", "newOrder")
+    assert done.returncode == 0, done.stderr
+    assert Path(setup.sections["hush"]["certificate"]).exists()
+    assert done.stderr == ""
+
+
 def test_new_order_cn_only_section_puts_cn_in_san(setup):
     name = unique_name()
     section = setup.add_section("cn", [name])

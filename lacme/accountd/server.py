@@ -26,6 +26,7 @@ from lacme.accountd.keys import Signer
 from lacme.accountd.policy import Guard, Policy
 from lacme.core import descriptors, log
 from lacme.core.errors import LacmeError
+from lacme.core.sockdir import check_socket_directory
 from lacme.core.text import escape_text
 from lacme.protocol import jws, wire
 from lacme.protocol.scope import MAX_SCOPE_LINE
@@ -227,14 +228,10 @@ def run_inherited(fds: list[descriptors.InheritedFd], signer: Signer, waiter: Wa
 
 def check_socket_path(path: str) -> None:
     """Refuse an existing path, or a parent directory others may write to."""
-    parent = os.path.dirname(path) or "."
     try:
-        st = os.stat(parent)
-    except OSError as exc:
-        raise LacmeError(f"{parent}: {exc.strerror or exc}") from None
-    if st.st_mode & 0o022:
-        raise LacmeError(f"{parent}: insecure permissions (writable by group or others), "
-                         f"refusing to bind {path}")
+        check_socket_directory(path)
+    except LacmeError as exc:
+        raise LacmeError(f"{exc}, refusing to bind {path}") from None
     if os.path.lexists(path):
         raise LacmeError(f"{path}: already exists, refusing to bind")
 

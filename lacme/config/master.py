@@ -68,8 +68,8 @@ def parse_port(text: str | None, loc: str) -> int:
 def parse_listen_address(item: str, loc: str) -> ListenAddress:
     if item.startswith("/"):
         return ListenAddress("unix", path=item)
-    host, _, port = item.partition(":")
-    if is_canonical_ipv4(host) and (not port or (port.isascii() and port.isdigit())):
+    host, colon, port = item.partition(":")
+    if is_canonical_ipv4(host) and (not colon or (port.isascii() and port.isdigit())):
         return ListenAddress("inet", host=host, port=parse_port(port or None, loc))
     import ipaddress
 

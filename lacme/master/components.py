@@ -31,6 +31,7 @@ from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError
 from lacme.core.origin import origin_of
 from lacme.core.privs import resolve
+from lacme.core.sockdir import check_socket_directory
 from lacme.master.challenges import ChallengeDirectory
 from lacme.master.children import Children, resolve_command
 from lacme.protocol import wire
@@ -67,8 +68,8 @@ def spawn_accountd(settings: AccountdSettings, server: str, children: Children,
             args.append("--new-privkey=" + settings.new_privkey)
         if settings.quiet and not debug:
             args.append("--quiet")
-        if debug:
-            args.append("--debug")
+        else:
+            args += verbosity(debug)
         return args
 
     pid = children.spawn(argv, creds, "lacme-accountd", grace=5.0, stdin=theirs.fileno(),
@@ -77,6 +78,19 @@ def spawn_accountd(settings: AccountdSettings, server: str, children: Children,
     theirs.close()
     log.debug("spawned lacme-accountd, pid %d", pid)
     return ours, pid
+
+
+def said_by_accountd(message: str, children: Children, accountd_pid: int | None) -> str | None:
+    """When ``message`` (the client's, about a command or an order) is about
+    the accountd this run spawned (``accountd_pid``) and that accountd exited
+    with an error status, how it ended (e.g. " (exit status 1)"): it has said
+    why already, on the stderr it shares with the master (a refusal, a key it
+    could not load, ssh's own line).  None otherwise, e.g. killed by a
+    signal: then nobody has said it."""
+    if accountd_pid is None or not message.startswith(wire.PEER + ":"):
+        return None
+    status = children.exit_status(accountd_pid, wait=0.5)
+    return status if status.startswith(" (exit status ") and status != " (exit status 0)" else None
 
 
 def accountd_origin(server: str) -> dict[str, str]:
@@ -90,13 +104,10 @@ def accountd_origin(server: str) -> dict[str, str]:
 def connect_accountd(path: str) -> socket.socket:
     """Connect to a running lacme-accountd, refusing an unsafe socket."""
     where = f"[client] socket {path}"
-    parent = os.path.dirname(path) or "."
     try:
-        st = os.stat(parent)
-    except OSError as exc:
-        raise LacmeError(f"{where}: {parent}: {exc.strerror}") from None
-    if st.st_mode & 0o022:
-        raise LacmeError(f"{where}: insecure permissions on {parent} (writable by others)")
+        check_socket_directory(path)
+    except LacmeError as exc:
+        raise LacmeError(f"{where}: {exc}") from None
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -116,6 +127,15 @@ def connect_accountd(path: str) -> socket.socket:
 
 # -------------------------------------------------------------------- client
 
+def verbosity(debug: bool) -> list[str]:
+    """A spawned client's or webserver's option for the master's own
+    verbosity: --debug, or --quiet (warnings and errors only) when the
+    master is quiet."""
+    if debug:
+        return ["--debug"]
+    return [] if log.isEnabledFor(logging.INFO) else ["--quiet"]
+
+
 def start_client(cfg: MasterConfig, children: Children, stack: ExitStack,
                  debug: bool) -> tuple[Channel, int | None]:
     """The control channel to the client, and the client's pid if spawned."""
@@ -132,7 +152,7 @@ def start_client(cfg: MasterConfig, children: Children, stack: ExitStack,
     else:
         sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         creds = resolve(c.user, c.group, where="[client]")
-        argv = [*resolve_command(c.command), *(["--debug"] if debug else [])]
+        argv = [*resolve_command(c.command), *verbosity(debug)]
         pid = children.spawn(argv, creds, "the ACME client", grace=10.0,
                              fds=[(theirs.fileno(), "control")], umask=0o077,
                              setting="[client] command")
@@ -167,9 +187,8 @@ def open_challenges(cfg: MasterConfig, children: Children, stack: ExitStack,
         stack.callback(rules.restore)
         rules.open_ports(ports_for(w.listen))
     creds = resolve(w.user, w.group, where="[webserver]")
-    argv = [*resolve_command(w.command), f"--challenge-directory={challenges.path}"]
-    if debug:
-        argv.append("--debug")
+    argv = [*resolve_command(w.command), f"--challenge-directory={challenges.path}",
+            *verbosity(debug)]
     # The webservers say when they serve with the sd_notify protocol
     # (READY=1), as under systemd: a datagram socket of the master's.
     ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -39,6 +39,7 @@ from lacme.master.components import (
     Webservers,
     open_accountd,
     open_challenges,
+    said_by_accountd,
     shutdown_quietly,
     start_client,
 )
@@ -51,7 +52,7 @@ from lacme.master.scoping import (
     revoke_scope,
     scope_connection,
 )
-from lacme.protocol import control, wire
+from lacme.protocol import control
 from lacme.protocol.jws import b64u_encode
 from lacme.protocol.scope import Scope
 
@@ -237,12 +238,7 @@ class ClientSession:
                 results[msg["id"]] = True if refused is None else refused
             elif kind == "failed" and msg.get("id") in results:
                 results[msg["id"]] = str(msg.get("message", "failed"))
-                if isinstance(msg.get("problem"), str):
-                    self.problems[msg["id"]] = msg["problem"]
-                retry = msg.get("retry_after")
-                if (msg.get("problem") == RATE_LIMITED and isinstance(retry, (int, float))
-                        and not isinstance(retry, bool) and retry >= 0):
-                    self.rate_limited[msg["id"]] = float(retry)
+                note_problem(msg, self.problems, self.rate_limited)
             elif kind == "done":
                 break
         return results
@@ -281,7 +277,6 @@ class ClientSession:
         self.channel.send(control.encode_message("revoke", certificates=payload, reason=reason))
         return collect(self._messages(), results, "revoked", lambda msg: True)
 
-
     def _publish(self, token: str, content: str) -> None:
         """Publish an http-01 answer if the gate allows it (lacme.master.challenges)."""
         assert self.channel is not None and self.gate is not None
@@ -317,15 +312,15 @@ class ClientSession:
                 line, _ = self.channel.recv_line(control.MAX_LINE)
             except TimeoutError:
                 if failure is not None:
-                    raise self.failed_command(failure) from None
+                    raise failed_command(self, failure) from None
                 raise LacmeError("the ACME client stopped answering") from None
             except OSError as exc:  # e.g. reset: it ended with our messages unread
                 if failure is not None:
-                    raise self.failed_command(failure) from None
+                    raise failed_command(self, failure) from None
                 raise LacmeError(f"the ACME client ended unexpectedly ({exc.strerror or exc})"
                                  + self._client_status()) from None
             if line is None and failure is not None:
-                raise self.failed_command(failure)
+                raise failed_command(self, failure)
             if line is None:
                 raise LacmeError("the ACME client ended unexpectedly" + self._client_status())
             try:
@@ -339,7 +334,7 @@ class ClientSession:
             elif msg["type"] == "error":
                 failure = str(msg.get("message") or "the ACME client failed")
             elif msg["type"] == "done" and failure is not None:
-                raise self.failed_command(failure)
+                raise failed_command(self, failure)
             else:
                 yield msg
 
@@ -348,23 +343,27 @@ class ClientSession:
         return "" if self.client_pid is None else self.children.exit_status(self.client_pid, wait=1.0)
 
     def said_by_accountd(self, message: str) -> str | None:
-        """When ``message`` (the client's, about a command or an order) is
-        about the accountd this run spawned and that accountd exited with an
-        error status, how it ended (e.g. " (exit status 1)"): it has said why
-        already, on the stderr it shares with us (a refusal, a key it could
-        not load, ssh's own line).  None otherwise, e.g. killed by a signal:
-        then nobody has said it."""
-        if self.accountd_pid is None or not message.startswith(wire.PEER + ":"):
-            return None
-        status = self.children.exit_status(self.accountd_pid, wait=0.5)
-        return status if status.startswith(" (exit status ") and status != " (exit status 0)" \
-            else None
+        """How our accountd ended, if it said why ``message`` (said_by_accountd)."""
+        return said_by_accountd(message, self.children, self.accountd_pid)
 
-    def failed_command(self, message: str) -> LacmeError:
-        """The client's one line about a failed command, a ReportedError when
-        the accountd this run spawned has said why (said_by_accountd)."""
-        status = self.said_by_accountd(message)
-        return LacmeError(message) if status is None else ReportedError(message + status)
+
+def failed_command(session: ClientSession, message: str) -> LacmeError:
+    """The client's one line about a failed command; a ReportedError when the
+    accountd of the run has said why (ClientSession.said_by_accountd)."""
+    status = session.said_by_accountd(message)
+    return LacmeError(message) if status is None else ReportedError(message + status)
+
+
+def note_problem(msg: dict[str, Any], problems: dict[str, str],
+                 rate_limited: dict[str, float]) -> None:
+    """Keep a failed order's problem type (RFC 8555 6.7) and, for rateLimited,
+    the CA's Retry-After in seconds."""
+    if isinstance(msg.get("problem"), str):
+        problems[msg["id"]] = msg["problem"]
+    retry = msg.get("retry_after")
+    if (msg.get("problem") == RATE_LIMITED and isinstance(retry, (int, float))
+            and not isinstance(retry, bool) and retry >= 0):
+        rate_limited[msg["id"]] = float(retry)
 
 
 def collect(messages: Iterable[dict[str, Any]], results: dict[str, Any], answer: str,
