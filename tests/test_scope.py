@@ -176,3 +176,32 @@ def test_rollover_requests_of_the_new_key_are_keychange_and_lookup():
     rollover = sc.Scope(operations=frozenset({sc.KEY_CHANGE}))
     assert sc.refusal(rollover, inner) is None
     assert sc.refusal(sc.Scope(operations=frozenset({sc.NEW_ORDER})), inner)
+
+
+def inner_jws(jwk: dict) -> dict:
+    protected = jws.b64u_encode(json.dumps({"alg": "ES256", "jwk": jwk, "url": "https://ca.example/kc"}).encode())
+    return {"protected": protected, "payload": "e30", "signature": "AAAA"}
+
+
+def test_key_change_only_to_the_new_key_the_signer_holds():
+    """The inner JWS names the key the account gets (RFC 8555 7.3.5): a
+    keyChange the scope allows is still refused unless that is accountd's
+    new key, or a client could move the account to a key of its own."""
+    new = {"kty": "EC", "crv": "P-256", "x": "bmV3", "y": "a2V5"}
+    attacker = {"kty": "EC", "crv": "P-256", "x": "ZXZp", "y": "bA"}
+    rollover = sc.Scope(operations=frozenset({sc.KEY_CHANGE}))
+    ours = sc.classify(KID, inner_jws(new), new_jwk=new)
+    theirs = sc.classify(KID, inner_jws(attacker), new_jwk=new)
+    assert ours.kind == theirs.kind == sc.KEY_CHANGE
+    assert sc.refusal(rollover, theirs) is None  # the scope alone would sign it
+    assert sc.key_change_refusal(ours, new) is None
+    assert sc.key_change_refusal(theirs, new) == "keyChange to a key that is not this accountd's new key"
+    assert "holds no new key" in sc.key_change_refusal(ours, None)
+    for body in ({"protected": "!", "signature": "AA"}, {"protected": 1, "signature": "AA"},
+                 {"signature": "AA"}, {"protected": jws.b64u_encode(b"[]"), "signature": "AA"}):
+        op = sc.classify(KID, body, new_jwk=new)
+        assert op.kind == sc.KEY_CHANGE and sc.key_change_refusal(op, new)
+    # the inner JWS itself, signed by the new key, is that key's keyChange
+    inner = sc.classify({"alg": "ES256", "jwk": new, "url": "https://ca.example/kc"},
+                        {"account": "https://ca.example/acct/1", "oldKey": JWK}, new_jwk=new)
+    assert sc.key_change_refusal(inner, new) is None

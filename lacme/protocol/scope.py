@@ -72,7 +72,8 @@ class Operation(NamedTuple):
 
     kind: str
     identifiers: frozenset[tuple[str, str]] = frozenset()
-    digest: str = ""  # finalize: the CSR's; revokeCert: the certificate's
+    # finalize: the CSR's; revokeCert: the certificate's; keyChange: the new key's JWK thumbprint
+    digest: str = ""
     reason: int | None = None  # revokeCert
     contact: tuple[str, ...] = ()
     tos: bool = False
@@ -226,7 +227,9 @@ def classify(header: dict, body: dict | None, *, new_jwk: dict | None = None) ->
     key of a rollover, whose requests (lacme.protocol.rollover) are the
     keyChange's inner JWS and the lookup."""
     if new_jwk is not None and header.get("jwk") == new_jwk:
-        return Operation(LOOKUP) if body == {"onlyReturnExisting": True} else Operation(KEY_CHANGE)
+        if body == {"onlyReturnExisting": True}:
+            return Operation(LOOKUP)
+        return Operation(KEY_CHANGE, digest=_thumbprint(new_jwk))
     if is_binding(header):  # its payload is the account's JWK (lacme.protocol.eab)
         return Operation(BINDING)
     members = set(body or ())
@@ -249,7 +252,7 @@ def classify(header: dict, body: dict | None, *, new_jwk: dict | None = None) ->
     if not members:
         return Operation(CHALLENGE)
     if members <= _JWS_MEMBERS and "signature" in members:
-        return Operation(KEY_CHANGE)
+        return Operation(KEY_CHANGE, digest=_inner_key(body["protected"] if "protected" in members else None))
     if "identifiers" in members and members <= _ORDER_MEMBERS:
         try:
             idents = frozenset(_identifiers(body["identifiers"], "newOrder identifiers"))
@@ -274,6 +277,23 @@ def _revocation(body: dict, members: set[str]) -> Operation:
     return Operation(REVOKE_CERT, digest=_der_digest(body["certificate"]), reason=reason)
 
 
+def _inner_key(protected: Any) -> str:
+    """The thumbprint of the ``jwk`` in keyChange's inner JWS (the key the
+    account would answer to, RFC 8555 7.3.5); "" (matches nothing) if unreadable."""
+    try:
+        header = decode_object(jws.b64u_decode(protected), "inner JWS", ValueError)
+    except (TypeError, ValueError):
+        return ""
+    return _thumbprint(header.get("jwk"))
+
+
+def _thumbprint(jwk: Any) -> str:
+    try:
+        return jws.jwk_thumbprint(jwk) if isinstance(jwk, dict) else ""
+    except ValueError:
+        return ""
+
+
 def _string_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -286,6 +306,21 @@ def _der_digest(value: Any) -> str:
         return digest(jws.b64u_decode(value))
     except ValueError:
         return ""
+
+
+def key_change_refusal(op: Operation, new_jwk: dict | None) -> str | None:
+    """Why ``op``, a keyChange, is refused by a signer holding ``new_jwk`` (the
+    rollover's new key, or None): the outer JWS is signed only when the inner
+    one names that key, since the inner key is the one the account gets.
+    Otherwise whoever may ask for a keyChange could move the account to a
+    key of its own.  None for anything else."""
+    if op.kind != KEY_CHANGE:
+        return None
+    if new_jwk is None:
+        return "keyChange, and this accountd holds no new key (--new-privkey)"
+    if op.digest != _thumbprint(new_jwk):
+        return "keyChange to a key that is not this accountd's new key"
+    return None
 
 
 def refusal(scope: Scope, op: Operation) -> str | None:

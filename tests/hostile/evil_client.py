@@ -45,6 +45,11 @@ def key_change(session: AcmeSession, **_: Any) -> None:
     session.post(url, jws.flattened(text, jwk_keys.sign(key, "ES256", text.encode("ascii"))))
 
 
+def key_change_rollover(session: AcmeSession, **kwargs: Any) -> None:
+    """The same, in a rollover run: accountd may sign a keyChange, to its new key."""
+    key_change(session, **kwargs)
+
+
 def deactivate(session: AcmeSession, **_: Any) -> None:
     session.lookup_account()
     session.deactivate_account()
@@ -123,7 +128,7 @@ def publish_many(link: ControlLink, signer: AccountdSigner, command: dict, **_: 
 
 ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account, revoke,
                                     new_order, finalize, second_scope, publish, publish_idle,
-                                    publish_many)}
+                                    publish_many, key_change_rollover)}
 
 
 def main() -> int:

@@ -43,6 +43,13 @@ ATTACKS = {
     "publish_many": ("master", "refused: more answers than the 1 authorization(s)", "POST /chalZ"),
 }
 COMMANDS = {"publish_idle": ["account"]}  # the others: newOrder --force
+# Fork mode only (in the box, the new key of a rollover is a credential of the unit):
+# a rollover run, where accountd holds a new key and may sign a keyChange, to that key only.
+FORK_ATTACKS = {**ATTACKS, "key_change_rollover": (
+    "accountd", "keyChange to a key that is not this accountd's new key", "POST /rollover-account-key")}
+FORK_COMMANDS = {**COMMANDS,
+                 "key_change_rollover": ["account", "--rollover", "--new-privkey=file:{new_key}"]}
+SCOPES = {("account",): "SCOPE lookup only", ("account", "--rollover"): "SCOPE keyChange"}
 
 
 def account_state(pebble, key_path: Path) -> dict:
@@ -92,13 +99,14 @@ def victim(pebble, tmp_path_factory) -> Victim:
     return Victim(tmp_path_factory.mktemp("victim"), pebble)
 
 
-@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("attack", list(FORK_ATTACKS))
 def test_compromised_client_can_only_fail_the_run(victim, pebble, tmp_path, attack):
-    who, reason, endpoint = ATTACKS[attack]
+    who, reason, endpoint = FORK_ATTACKS[attack]
     report_path = tmp_path / "report.json"
     old_cert = victim.cert.read_bytes()
     offset = pebble.log_offset()
-    command = COMMANDS.get(attack, ["newOrder", "--force"])
+    new_key = write_key(tmp_path / "new.key", "p256")
+    command = [c.format(new_key=new_key) for c in FORK_COMMANDS.get(attack, ["newOrder", "--force"])]
     done = victim.attack(attack, report_path, command)
     assert report_path.exists(), done.stderr
     report = json.loads(report_path.read_text())
@@ -106,7 +114,7 @@ def test_compromised_client_can_only_fail_the_run(victim, pebble, tmp_path, atta
     assert done.returncode == 1 and "Traceback" not in done.stderr
     accountd_log = victim.log.read_text()
     # The master scoped the connection (the account command: to the lookup).
-    assert ("SCOPE lookup only" if command == ["account"] else "SCOPE newOrder") in accountd_log
+    assert SCOPES.get(tuple(command[:2]), "SCOPE newOrder") in accountd_log
     if who == "accountd":
         assert report["signer_broken"], report  # accountd closed the connection
         assert "NOSIGN" in accountd_log and reason in accountd_log, accountd_log
