@@ -89,6 +89,24 @@ def test_classify_never_raises(body, with_jwk):
     (KID, {"protected": "e30", "payload": "e30", "signature": "AA"}, sc.KEY_CHANGE),
     (KID, {"identifiers": [{"type": "dns", "value": "a.example"}]}, sc.NEW_ORDER),
     (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "status": "deactivated"}, sc.OTHER),
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "profile": "p", "replaces": "r"},
+     sc.NEW_ORDER),
+    # a validity the master did not ask for (a certificate expiring in minutes)
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "notAfter": "2026-01-01T00:05:00Z"},
+     sc.OTHER),
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "notBefore": "2036-01-01T00:00:00Z"},
+     sc.OTHER),
+    # Go's encoding/json matches members without case (and folds "ſ" to "s", "K" to "k"):
+    # only the exact RFC 8555 spellings are classified
+    (KID, {"Status": "deactivated"}, sc.OTHER),
+    (KID, {"\u017ftatus": "deactivated"}, sc.OTHER),
+    (KID, {"CONTACT": ["mailto:x@example.org"]}, sc.OTHER),
+    (KID, {"csr": jws.b64u_encode(CSR), "Csr": jws.b64u_encode(CERT)}, sc.OTHER),
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example", "Value": "evil.example"}]}, sc.OTHER),
+    ({"jwk": JWK}, {"onlyReturnExisting": False}, sc.OTHER),  # newAccount that creates
+    ({"jwk": JWK}, {"onlyReturnExisting": 1}, sc.OTHER),
+    (KID, {"payload": "e30", "signatures": [{"protected": "e30", "signature": "AA"}]}, sc.OTHER),
+    (KID, {"protected": "e30", "payload": "e30", "signature": "AA", "header": {}}, sc.OTHER),
     (KID, {"csr": jws.b64u_encode(CSR)}, sc.FINALIZE),
     (KID, {"certificate": jws.b64u_encode(CERT), "reason": 1}, sc.REVOKE_CERT),
     ({"jwk": JWK}, {"certificate": jws.b64u_encode(CERT)}, sc.REVOKE_CERT),

@@ -61,7 +61,9 @@ ALWAYS = frozenset({POST_AS_GET, LOOKUP})
 IMPLIES = {NEW_ORDER: frozenset({NEW_ORDER, CHALLENGE, FINALIZE}),
            NEW_ACCOUNT: frozenset({NEW_ACCOUNT, BINDING})}
 
-_ORDER_MEMBERS = frozenset({"identifiers", "notBefore", "notAfter", "replaces", "profile"})
+# No notBefore/notAfter (7.4): no lacme client sends them (nor Debian's), and a CA that
+# honours them issues, for the run's names and CSR, a certificate that expires in minutes.
+_ORDER_MEMBERS = frozenset({"identifiers", "replaces", "profile"})
 _REGISTER_MEMBERS = frozenset({"contact", "termsOfServiceAgreed", "onlyReturnExisting",
                                "externalAccountBinding"})
 _JWS_MEMBERS = frozenset({"protected", "payload", "signature"})

@@ -98,6 +98,31 @@ def finalize(session: AcmeSession, ctx: Context, command: dict, report: dict, **
     finish_order(ctx, prepared)
 
 
+def short_validity(session: AcmeSession, ctx: Context, command: dict, report: dict,
+                   **_: Any) -> None:
+    """The configured order with the master's own CSR, but asking for a
+    certificate that expires in minutes (RFC 8555 7.4 notAfter, which Pebble
+    honours), handed to the master to install over the good one."""
+    import datetime
+
+    order = command["orders"][0]
+    not_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)
+    url, real_post_json = session.resource("newOrder"), session.post_json
+
+    def post_json(target: str, payload: dict | None, **kwargs: Any) -> Any:
+        if target == url and payload is not None:
+            payload = {**payload, "notAfter": not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        return real_post_json(target, payload, **kwargs)
+
+    session.post_json = post_json  # type: ignore[method-assign]  # a test program alters the order
+    session.lookup_account()
+    prepared = prepare_order(ctx, order["id"], order["identifiers"], jws.b64u_decode(order["csr"]),
+                             OrderOptions(), request_budget(order["identifiers"], session.remaining()))
+    pem = finish_order(ctx, prepared)
+    ctx.link.send("certificate", id=order["id"], pem=pem)
+    report["installed"] = pem
+
+
 def second_scope(session: AcmeSession, signer: AccountdSigner, **_: Any) -> None:
     """A scope of its own for everything, then an order it would allow."""
     wide = sc.Scope(operations=frozenset(sc.OPERATIONS), identifiers=frozenset({("dns", EVIL_NAME)}))
@@ -128,7 +153,7 @@ def publish_many(link: ControlLink, signer: AccountdSigner, command: dict, **_: 
 
 ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account, revoke,
                                     new_order, finalize, second_scope, publish, publish_idle,
-                                    publish_many, key_change_rollover)}
+                                    publish_many, key_change_rollover, short_validity)}
 
 
 def main() -> int:

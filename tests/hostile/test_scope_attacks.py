@@ -38,6 +38,9 @@ ATTACKS = {
     "new_order": ("accountd", "newOrder for evil-name.example.com, not in the scope", "POST /order-plz"),
     "finalize": ("accountd", "finalize with a CSR that is not in the scope", "POST /finalize-order"),
     "second_scope": ("accountd", "a scope that is not the first line", "POST /order-plz"),
+    # an order for the configured name and the master's CSR, for a certificate that
+    # expires in minutes (notAfter, RFC 8555 7.4), installed over the good one
+    "short_validity": ("accountd", "other is outside the scope", "POST /order-plz"),
     "publish": ("master", "refused: not a key authorization of this account", "POST /chalZ"),
     "publish_idle": ("master", "refused: no order of this run is pending", "POST /chalZ"),
     "publish_many": ("master", "refused: more answers than the 1 authorization(s)", "POST /chalZ"),
