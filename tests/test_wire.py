@@ -199,6 +199,11 @@ def test_refuses_other_kid_when_keyid_configured():
         "https://ca.example.evil.example:14000/x",
         "https://ca.example:14000 /x",
         "https://ca.example:99999/x",
+        "https://ca.example:14000\\@evil.example/x",  # userinfo behind a backslash (WHATWG reads it so)
+        "https://ca%2Eexample:14000/x",  # a percent-encoded host is another host here
+        "https://ca.example.:14000/x",  # the root label: another origin string
+        "https://ca.\u00e9xample:14000/x",  # not ASCII (IDNA is the CA's to map, not ours)
+        "https://[::1]:14000/x",
         "//ca.example:14000/x",
         "/new-order",
     ],

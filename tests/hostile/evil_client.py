@@ -60,6 +60,30 @@ def contact(session: AcmeSession, **_: Any) -> None:
     session.update_account({"contact": EVIL_CONTACT})
 
 
+def status_case(session: AcmeSession, **_: Any) -> None:
+    """Deactivation spelt "Status": Go's encoding/json (Pebble, Boulder) matches
+    members without case, so the CA reads it as the status."""
+    session.lookup_account()
+    session.update_account({"Status": "deactivated"})
+
+
+def status_folded(session: AcmeSession, **_: Any) -> None:
+    """Deactivation spelt with U+017F LONG S, which Go's member matching folds to "s"."""
+    session.lookup_account()
+    session.update_account({"\u017ftatus": "deactivated"})
+
+
+def contact_case(session: AcmeSession, **_: Any) -> None:
+    session.lookup_account()
+    session.update_account({"Contact": EVIL_CONTACT})
+
+
+def new_account_create(session: AcmeSession, **_: Any) -> None:
+    """newAccount with onlyReturnExisting false: a registration, not the lookup."""
+    session.post(session.resource("newAccount"), {"onlyReturnExisting": False, "contact": EVIL_CONTACT,
+                                                  "termsOfServiceAgreed": True}, use_jwk=True)
+
+
 def new_account(session: AcmeSession, **_: Any) -> None:
     session.new_account(contact=EVIL_CONTACT, tos_agreed=True)
 
@@ -153,7 +177,8 @@ def publish_many(link: ControlLink, signer: AccountdSigner, command: dict, **_: 
 
 ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account, revoke,
                                     new_order, finalize, second_scope, publish, publish_idle,
-                                    publish_many, key_change_rollover, short_validity)}
+                                    publish_many, key_change_rollover, short_validity, status_case,
+                                    status_folded, contact_case, new_account_create)}
 
 
 def main() -> int:

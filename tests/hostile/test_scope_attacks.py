@@ -34,6 +34,11 @@ ATTACKS = {
     "deactivate": ("accountd", "deactivateAccount is outside the scope", "POST /my-account"),
     "contact": ("accountd", "updateAccount is outside the scope", "POST /my-account"),
     "new_account": ("accountd", "newAccount is outside the scope", "POST /sign-me-up"),
+    # spellings that Go's encoding/json (Pebble) reads as the RFC 8555 member
+    "status_case": ("accountd", "other is outside the scope", "POST /my-account"),
+    "status_folded": ("accountd", "other is outside the scope", "POST /my-account"),
+    "contact_case": ("accountd", "other is outside the scope", "POST /my-account"),
+    "new_account_create": ("accountd", "other is outside the scope", "POST /sign-me-up"),
     "revoke": ("accountd", "revokeCert is outside the scope", "POST /revoke-cert"),
     "new_order": ("accountd", "newOrder for evil-name.example.com, not in the scope", "POST /order-plz"),
     "finalize": ("accountd", "finalize with a CSR that is not in the scope", "POST /finalize-order"),
