@@ -223,3 +223,18 @@ def test_key_change_only_to_the_new_key_the_signer_holds():
     inner = sc.classify({"alg": "ES256", "jwk": new, "url": "https://ca.example/kc"},
                         {"account": "https://ca.example/acct/1", "oldKey": JWK}, new_jwk=new)
     assert sc.key_change_refusal(inner, new) is None
+
+
+def test_an_order_without_a_csr_allows_no_finalize():
+    """dns-persist orders to read the CA's issuer name and finalizes nothing:
+    its scope lists no CSR, and an empty csr matches no digest anyway."""
+    from lacme.master.scoping import orders_scope
+
+    scope = orders_scope("https://ca.example/dir", [(["a.example"], b"")])
+    assert scope.csr_digests == frozenset()
+    empty = sc.classify(KID, {"csr": ""})
+    assert empty.kind == sc.FINALIZE and empty.digest == ""
+    listed = sc.Scope(operations=frozenset({sc.NEW_ORDER}), csr_digests=frozenset({sc.digest(b"")}))
+    assert sc.refusal(listed, empty) == "finalize with a CSR that is not in the scope"
+    with_csr = orders_scope("https://ca.example/dir", [(["a.example"], CSR)])
+    assert with_csr.csr_digests == {sc.digest(CSR)} and with_csr.origin == "https://ca.example"

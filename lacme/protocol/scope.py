@@ -301,8 +301,8 @@ def _string_list(value: Any) -> bool:
 
 
 def _der_digest(value: Any) -> str:
-    """The digest of a base64url DER member; "" (matches nothing) if malformed."""
-    if not isinstance(value, str):
+    """The digest of a base64url DER member; "" (matches nothing) if malformed or empty."""
+    if not isinstance(value, str) or not value:
         return ""
     try:
         return digest(jws.b64u_decode(value))
