@@ -238,3 +238,30 @@ def test_an_order_without_a_csr_allows_no_finalize():
     assert sc.refusal(listed, empty) == "finalize with a CSR that is not in the scope"
     with_csr = orders_scope("https://ca.example/dir", [(["a.example"], CSR)])
     assert with_csr.csr_digests == {sc.digest(CSR)} and with_csr.origin == "https://ca.example"
+
+
+def binding_jws(alg: str, kid: str) -> dict:
+    protected = jws.b64u_encode(json.dumps({"alg": alg, "kid": kid, "url": "https://ca.example/na"}).encode())
+    return {"protected": protected, "payload": jws.b64u_encode(json.dumps(JWK).encode()), "signature": "AA"}
+
+
+def test_registration_only_with_the_signers_own_binding():
+    """The binding says whose external account at the CA the new account
+    joins (RFC 8555 7.3.4): only the one accountd's MAC key made is signed."""
+    ours = ("HS256", "kid-1")
+    register = sc.Scope(operations=frozenset({sc.NEW_ACCOUNT}), tos=True)
+
+    def op(binding: object) -> sc.Operation:
+        return sc.classify({"jwk": JWK}, {"termsOfServiceAgreed": True, "externalAccountBinding": binding})
+
+    assert op(binding_jws("HS256", "kid-1")).binding == ours
+    assert sc.refusal(register, op(binding_jws("HS256", "kid-2"))) is None  # the scope alone would sign it
+    assert sc.binding_refusal(op(binding_jws("HS256", "kid-1")), ours) is None
+    assert "not this accountd's (eab-kid kid-1)" in sc.binding_refusal(op(binding_jws("HS256", "kid-2")), ours)
+    assert sc.binding_refusal(op(binding_jws("HS512", "kid-1")), ours)
+    assert "holds no MAC key" in sc.binding_refusal(op(binding_jws("HS256", "kid-1")), None)
+    for odd in ({"protected": "!", "payload": "", "signature": ""}, "x", [], {"signature": "AA"},
+                {**binding_jws("HS256", "kid-1"), "signatures": []}):
+        assert sc.binding_refusal(op(odd), ours)
+    plain = sc.classify({"jwk": JWK}, {"termsOfServiceAgreed": True})
+    assert plain.binding is None and sc.binding_refusal(plain, None) is None

@@ -79,6 +79,7 @@ class Operation(NamedTuple):
     reason: int | None = None  # revokeCert
     contact: tuple[str, ...] = ()
     tos: bool = False
+    binding: tuple[str, str] | None = None  # newAccount: its binding's (alg, kid), ("", "") unreadable
 
     def describe(self) -> str:
         if self.identifiers:
@@ -244,11 +245,11 @@ def classify(header: dict, body: dict | None, *, new_jwk: dict | None = None) ->
             return Operation(LOOKUP) if members == {"onlyReturnExisting"} else Operation(OTHER)
         contact = body.get("contact", [])
         tos = body.get("termsOfServiceAgreed", False)
-        if "externalAccountBinding" in members and not isinstance(body["externalAccountBinding"], dict):
-            return Operation(OTHER)
         if "onlyReturnExisting" in members or not _string_list(contact) or not isinstance(tos, bool):
             return Operation(OTHER)
-        return Operation(NEW_ACCOUNT, contact=tuple(contact), tos=tos)
+        eab = body.get("externalAccountBinding")
+        binding = _binding_key(eab) if "externalAccountBinding" in members else None
+        return Operation(NEW_ACCOUNT, contact=tuple(contact), tos=tos, binding=binding)
     if body is None:
         return Operation(POST_AS_GET)
     if not members:
@@ -289,6 +290,19 @@ def _inner_key(protected: Any) -> str:
     return _thumbprint(header.get("jwk"))
 
 
+def _binding_key(value: Any) -> tuple[str, str]:
+    """The MAC (alg, kid) of newAccount's externalAccountBinding, a flattened
+    JWS (7.3.4); ("", "") (matches nothing) if it is anything else."""
+    if not isinstance(value, dict) or set(value) != _JWS_MEMBERS:
+        return "", ""
+    try:
+        header = decode_object(jws.b64u_decode(value["protected"]), "binding", ValueError)
+    except (TypeError, ValueError):
+        return "", ""
+    alg, kid = header.get("alg"), header.get("kid")
+    return (alg, kid) if isinstance(alg, str) and isinstance(kid, str) else ("", "")
+
+
 def _thumbprint(jwk: Any) -> str:
     try:
         return jws.jwk_thumbprint(jwk) if isinstance(jwk, dict) else ""
@@ -322,6 +336,22 @@ def key_change_refusal(op: Operation, new_jwk: dict | None) -> str | None:
         return "keyChange, and this accountd holds no new key (--new-privkey)"
     if op.digest != _thumbprint(new_jwk):
         return "keyChange to a key that is not this accountd's new key"
+    return None
+
+
+def binding_refusal(op: Operation, binding: tuple[str, str] | None) -> str | None:
+    """Why ``op``, a newAccount with an External Account Binding, is refused by
+    a signer whose MAC key is ``binding`` ((alg, kid), or None): only its own
+    binding is signed, since the binding says whose account at the CA the new
+    account joins (a client with MAC credentials of its own would bind this
+    key to them).  None for anything else."""
+    if op.kind != NEW_ACCOUNT or op.binding is None:
+        return None
+    if binding is None:
+        return "newAccount with an External Account Binding, and this accountd holds no MAC key"
+    if op.binding != binding:
+        return ("newAccount with an External Account Binding that is not this accountd's "
+                f"(eab-kid {binding[1]})")
     return None
 
 

@@ -88,6 +88,24 @@ def new_account(session: AcmeSession, **_: Any) -> None:
     session.new_account(contact=EVIL_CONTACT, tos_agreed=True)
 
 
+def eab_own(session: AcmeSession, command: dict, certificate: str, **_: Any) -> None:
+    """The registration the command asks for, bound (RFC 8555 7.3.4) to the
+    attacker's own external account at the CA: CERTIFICATE is then a file
+    "KID MAC-KEY" of the attacker's credentials."""
+    from lacme.protocol import eab
+
+    with open(certificate) as fh:
+        kid, text = fh.read().split()
+    key = eab.parse_mac_key(text)
+
+    def binding(url: str) -> dict:
+        signing_input = eab.binding_input("HS256", kid, url, session.signer.jwk)
+        return jws.flattened(signing_input, eab.mac("HS256", key, signing_input.encode("ascii")))
+
+    session.new_account(contact=command.get("contact") or (), tos_agreed=bool(command.get("tos_agreed")),
+                        binding=binding)
+
+
 def revoke(session: AcmeSession, certificate: str, **_: Any) -> None:
     from lacme.x509 import chain as x509
 
@@ -178,7 +196,7 @@ def publish_many(link: ControlLink, signer: AccountdSigner, command: dict, **_: 
 ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account, revoke,
                                     new_order, finalize, second_scope, publish, publish_idle,
                                     publish_many, key_change_rollover, short_validity, status_case,
-                                    status_folded, contact_case, new_account_create)}
+                                    status_folded, contact_case, new_account_create, eab_own)}
 
 
 def main() -> int:

@@ -22,8 +22,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from lacme.client.acme.session import AcmeSession
+from lacme.client.acme.messages import AcmeProblemError
 from tests.lacmeenv import LacmeSetup, unique_name, write_key
 from tests.test_acme import KeySigner
+from tests.test_eab import KEYS, eab_pebble, mac_file  # noqa: F401 - eab_pebble is a fixture
 
 EVIL = Path(__file__).with_name("evil_client.py")
 OWNER = "mailto:owner@example.org"
@@ -149,3 +151,29 @@ def order_status(pebble, key_path: Path, url: str) -> str:
         return str(session.get(url).get("status"))
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("accountd_kid", ["kid-1", None])
+def test_registration_is_bound_only_to_accountds_external_account(eab_pebble, tmp_path, accountd_kid):
+    """The registration the command asks for, with a binding to the attacker's
+    own external account (its MAC key, kid-2): refused whether accountd holds
+    another MAC key or none, and Pebble has no account for the key."""
+    key = write_key(tmp_path / "account.key", "p256")
+    s = LacmeSetup(root=tmp_path / "etc", pebble=eab_pebble, account_key=key)
+    creds = tmp_path / "attacker.eab"
+    creds.write_text(f"kid-2 {KEYS['kid-2']}\n")
+    report_path, log = tmp_path / "report.json", tmp_path / "accountd.log"
+    s.client_command = f"{sys.executable} {EVIL} eab_own {report_path} {creds}"
+    s.write()
+    conf = s.root / "lacme-accountd.conf"
+    eab = f"eab-kid = kid-1\neab-hmac-key = {mac_file(tmp_path, 'kid-1')}\n" if accountd_kid else ""
+    conf.write_text(conf.read_text() + eab + f"logfile = {log}\n")
+    done = s.run("account", "--register", "--tos-agreed", OWNER)
+    report = json.loads(report_path.read_text())
+    assert report["outcome"] != "succeeded" and report["signer_broken"], report
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    reason = ("that is not this accountd's (eab-kid kid-1)" if accountd_kid
+              else "and this accountd holds no MAC key")
+    assert "SCOPE newAccount" in log.read_text() and reason in log.read_text(), log.read_text()
+    with pytest.raises(AcmeProblemError, match="accountDoesNotExist"):
+        account_state(eab_pebble, key)
