@@ -184,3 +184,27 @@ def test_a_scope_for_many_orders_is_longer_than_a_request(conf):
     assert d.request(order_line(names[-1]))
     rc, err = d.finish()
     assert rc == 0 and "NOSIGN" not in err
+
+
+def test_with_a_mac_key_only_its_own_binding_even_without_a_scope(conf, tmp_path):
+    """An accountd holding an EAB MAC key signs no newAccount bound to another
+    external account, scope or not (the binding says whose account it is)."""
+    mac = tmp_path / "eab.mac"
+    mac.write_text(jws.b64u_encode(b"k" * 32) + "\n")
+    mac.chmod(0o600)
+    conf.write_text(conf.read_text() + f"eab-kid = kid-1\neab-hmac-key = {mac}\n")
+
+    def register(kid: str, jwk: dict) -> bytes:
+        binding = jws.signing_input({"alg": "HS256", "kid": kid, "url": ORIGIN + "/acme/new-acct"}, jwk)
+        protected, payload = binding.split(".")
+        return line_for(header(jwk=jwk, url=ORIGIN + "/acme/new-acct"),
+                        {"termsOfServiceAgreed": True, "externalAccountBinding":
+                         {"protected": protected, "payload": payload, "signature": "AAAA"}})
+
+    d = ours(f"--config={conf}")
+    jwk = d.greeting().jwk
+    assert d.request(register("kid-1", jwk))
+    refused(d, register("kid-2", jwk), "not this accountd's (eab-kid kid-1)")
+    d = ours(f"--config={conf}")
+    assert d.request(KEY_CHANGE)  # no scope, no policy, no new key: as Debian's 0.8.2
+    d.finish()

@@ -83,14 +83,19 @@ class Guard:
         req = wire.parse_sign_request(line, alg=alg, jwk=jwk, kid=kid, origin=self.origin,
                                       binding=binding, new_key=new_key)
         new_jwk = new_key[1] if new_key else None
-        if self.scope is None and not self.policy.restricts and new_jwk is None and binding is None:
+        limited = self.scope is not None or self.policy.restricts
+        if not limited and new_jwk is None and binding is None:
             return req  # as Debian's 0.8.2: any well-formed request for this key
         op = sc.classify(req.header, req.body, new_jwk=new_jwk)
         reason = self.policy.refusal(op)
         if reason is None and self.scope is not None:
             reason = sc.refusal(self.scope, op)
-        if reason is None:  # a keyChange or newAccount the scope or policy allows: for whom?
-            reason = sc.key_change_refusal(op, new_jwk) or sc.binding_refusal(op, binding)
+        # A keyChange or newAccount that is allowed: to which key, bound to whom?
+        # (Whenever limited, or holding the new key or the MAC key they concern.)
+        if reason is None and (limited or new_jwk is not None):
+            reason = sc.key_change_refusal(op, new_jwk)
+        if reason is None and (limited or binding is not None):
+            reason = sc.binding_refusal(op, binding)
         if reason is None and self.scope is not None and self.remaining == 0:
             reason = f"more signatures than the scope allows ({self.scope.signature_budget()})"
         if reason is not None:
