@@ -208,3 +208,16 @@ def test_with_a_mac_key_only_its_own_binding_even_without_a_scope(conf, tmp_path
     d = ours(f"--config={conf}")
     assert d.request(KEY_CHANGE)  # no scope, no policy, no new key: as Debian's 0.8.2
     d.finish()
+
+
+def test_one_order_finalized_per_csr(conf):
+    """A finalize is a certificate: the same CSR on a second order is refused
+    (duplicate certificates spend the CA's limits), its retries are signed."""
+    finalize = {"csr": jws.b64u_encode(CSR)}
+    first = header(kid=KID, url=ORIGIN + "/finalize/1")
+    d = ours(f"--config={conf}")
+    send(d, order_scope("a.example"))
+    assert d.request(line_for(first, finalize))
+    assert d.request(line_for({**first, "nonce": "bm9uY2UtMg"}, finalize))  # a badNonce retry
+    refused(d, line_for(header(kid=KID, url=ORIGIN + "/finalize/2"), finalize),
+            "finalize of a second order with the same CSR")

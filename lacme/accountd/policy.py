@@ -60,6 +60,7 @@ class Guard:
         self.remaining = -1  # signatures left under a scope (-1: unbounded)
         self.lines = 0
         self.refused_scope = ""  # why the first line's scope was refused
+        self.finalized: dict[str, str] = {}  # CSR digest -> the finalize URL it was signed for
 
     def take(self, line: bytes, *, alg: str, jwk: dict, kid: str | None,
              binding: tuple[str, str] | None = None,
@@ -96,12 +97,24 @@ class Guard:
             reason = sc.key_change_refusal(op, new_jwk)
         if reason is None and (limited or binding is not None):
             reason = sc.binding_refusal(op, binding)
-        if reason is None and self.scope is not None and self.remaining == 0:
-            reason = f"more signatures than the scope allows ({self.scope.signature_budget()})"
+        if reason is None and self.scope is not None:
+            reason = self._count(op, req.header["url"])
         if reason is not None:
             raise wire.Refused(reason)
         self.remaining -= 1
         return req
+
+    def _count(self, op: sc.Operation, url: str) -> str | None:
+        """Under a scope: the signature budget, and one order finalized per CSR
+        (its retries sign the same URL again).  Each finalize is a certificate:
+        more would spend the CA's limits on duplicate certificates (Let's
+        Encrypt: 5 a week for one set of names) and keep renewals out."""
+        assert self.scope is not None
+        if self.remaining == 0:
+            return f"more signatures than the scope allows ({self.scope.signature_budget()})"
+        if op.kind == sc.FINALIZE and self.finalized.setdefault(op.digest, url) != url:
+            return "finalize of a second order with the same CSR (one certificate per CSR and run)"
+        return None
 
     def _set_scope(self, scope: sc.Scope) -> None:
         if scope.origin is not None:

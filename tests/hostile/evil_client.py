@@ -165,6 +165,22 @@ def short_validity(session: AcmeSession, ctx: Context, command: dict, report: di
     report["installed"] = pem
 
 
+def finalize_twice(session: AcmeSession, ctx: Context, command: dict, report: dict,
+                   **_: Any) -> None:
+    """The configured order with the master's CSR, then more orders finalized
+    with the same CSR: each one a certificate, which spends the CA's limit on
+    duplicate certificates (Let's Encrypt: 5 a week) and keeps renewals out."""
+    order = command["orders"][0]
+    csr_der = jws.b64u_decode(order["csr"])
+    session.lookup_account()
+    report["issued"] = 0
+    for _ in range(3):
+        prepared = prepare_order(ctx, order["id"], order["identifiers"], csr_der, OrderOptions(),
+                                 request_budget(order["identifiers"], session.remaining()))
+        finish_order(ctx, prepared)
+        report["issued"] += 1
+
+
 def second_scope(session: AcmeSession, signer: AccountdSigner, **_: Any) -> None:
     """A scope of its own for everything, then an order it would allow."""
     wide = sc.Scope(operations=frozenset(sc.OPERATIONS), identifiers=frozenset({("dns", EVIL_NAME)}))
@@ -196,7 +212,8 @@ def publish_many(link: ControlLink, signer: AccountdSigner, command: dict, **_: 
 ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account, revoke,
                                     new_order, finalize, second_scope, publish, publish_idle,
                                     publish_many, key_change_rollover, short_validity, status_case,
-                                    status_folded, contact_case, new_account_create, eab_own)}
+                                    status_folded, contact_case, new_account_create, eab_own,
+                                    finalize_twice)}
 
 
 def main() -> int:

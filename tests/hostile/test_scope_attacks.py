@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from lacme.client.acme.session import AcmeSession
 from lacme.client.acme.messages import AcmeProblemError
 from tests.lacmeenv import LacmeSetup, unique_name, write_key
+from tests.pebble import start_pebble
 from tests.test_acme import KeySigner
 from tests.test_eab import KEYS, eab_pebble, mac_file  # noqa: F401 - eab_pebble is a fixture
 
@@ -177,3 +178,31 @@ def test_registration_is_bound_only_to_accountds_external_account(eab_pebble, tm
     assert "SCOPE newAccount" in log.read_text() and reason in log.read_text(), log.read_text()
     with pytest.raises(AcmeProblemError, match="accountDoesNotExist"):
         account_state(eab_pebble, key)
+
+
+@pytest.fixture(scope="module")
+def reusing_victim(tmp_path_factory):
+    """A victim at a CA that reuses valid authorizations (as Let's Encrypt
+    does): a second order for the same names is ready at once."""
+    ca = start_pebble(tmp_path_factory.mktemp("pebble-reuse"), env={"PEBBLE_AUTHZREUSE": "100"})
+    yield Victim(tmp_path_factory.mktemp("reusing-victim"), ca)
+    ca.stop()
+
+
+def test_one_certificate_per_csr_and_run(reusing_victim, tmp_path):
+    """The master's CSR finalized on order after order: each one a certificate,
+    which spends the CA's limit on duplicate certificates (Let's Encrypt: 5 a
+    week for one set of names) and keeps the real renewal out.  The first is
+    finalized, the second order's finalize is refused."""
+    victim, ca = reusing_victim, reusing_victim.pebble
+    old_cert = victim.cert.read_bytes()
+    offset = ca.log_offset()
+    done = victim.attack("finalize_twice", tmp_path / "report.json", ["newOrder", "--force"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["issued"] == 1 and report["signer_broken"], report
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    log = victim.log.read_text()
+    assert "NOSIGN" in log and "finalize of a second order with the same CSR" in log, log
+    requests = ca.requests_since(offset)
+    assert requests["POST /order-plz"] == 2 and requests["POST /finalize-order"] == 1, requests
+    assert victim.cert.read_bytes() == old_cert
