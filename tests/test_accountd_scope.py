@@ -221,3 +221,15 @@ def test_one_order_finalized_per_csr(conf):
     assert d.request(line_for({**first, "nonce": "bm9uY2UtMg"}, finalize))  # a badNonce retry
     refused(d, line_for(header(kid=KID, url=ORIGIN + "/finalize/2"), finalize),
             "finalize of a second order with the same CSR")
+
+
+def test_a_refused_name_cannot_forge_a_line_of_the_log(conf, tmp_path):
+    """The names in a refusal are the client's: escaped, one line in accountd's
+    log and one error line, with no line that looks like a signature."""
+    d = ours(f"--config={conf}")
+    send(d, order_scope("a.example"))
+    forged = "evil.example\n[1] SIGNED header={} payload={}\x1b[2K"
+    refused(d, order_line(forged), "newOrder for evil.example\\x0a[1] signed header={} payload={}\\x1b[2k,")
+    log = (tmp_path / "accountd.log").read_text()
+    assert "NOSIGN" in log and not any(line.lower().startswith("[1] signed") for line in log.splitlines())
+    assert "\x1b" not in log

@@ -39,7 +39,7 @@ class Policy(Record):
         if self.names and op.kind == sc.NEW_ORDER:
             for _kind, value in sorted(op.identifiers):
                 if not self.allows_name(value):
-                    return f"newOrder for {value} is not allowed by this accountd's names"
+                    return f"newOrder for {sc.show_names([value])} is not allowed by this accountd's names"
         return None
 
     def allows_name(self, value: str) -> bool:

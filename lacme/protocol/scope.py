@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from lacme.core.record import Record
+from lacme.core.text import escape_text
 from lacme.protocol import jws
 from lacme.protocol.eab import is_binding
 from lacme.protocol.wire import Refused, decode_object
@@ -83,7 +84,7 @@ class Operation(NamedTuple):
 
     def describe(self) -> str:
         if self.identifiers:
-            return f"{self.kind} for {', '.join(sorted(v for _, v in self.identifiers))}"
+            return f"{self.kind} for {show_names(v for _, v in self.identifiers)}"
         return self.kind
 
 
@@ -109,6 +110,13 @@ class Scope(Record):
         """How many signatures the connection may make: generous, from the size
         of the work (each identifier is an authorization, a challenge and polls)."""
         return 64 + 64 * len(self.identifiers) + 16 * (len(self.csr_digests) + len(self.certificates))
+
+
+def show_names(values: Iterable[str]) -> str:
+    """Identifier values for a refusal, which goes to accountd's log and the
+    master's error line: the client wrote them, so they are escaped (a name
+    with a line break would forge a line of the record of what was signed)."""
+    return ", ".join(escape_text(v, ascii_only=True) for v in sorted(values))
 
 
 def digest(der: bytes) -> str:
@@ -364,7 +372,7 @@ def refusal(scope: Scope, op: Operation) -> str | None:
             return "newOrder without identifiers"
         extra = sorted(v for _, v in op.identifiers - scope.identifiers)
         if extra:
-            return f"newOrder for {', '.join(extra)}, not in the scope"
+            return f"newOrder for {show_names(extra)}, not in the scope"
     elif op.kind == FINALIZE and op.digest not in scope.csr_digests:
         return "finalize with a CSR that is not in the scope"
     elif op.kind in (NEW_ACCOUNT, UPDATE_ACCOUNT) and sorted(op.contact) != sorted(scope.contact):
