@@ -164,6 +164,10 @@ def test_accepts_jwk_request_for_served_key():
         (request_line(good_header(), b"{,}"), "payload"),
         (request_line(good_header(), b'{"a":NaN}'), "payload"),
         (request_line(good_header(), b'{"a":1,"a":2}'), "payload"),
+        # a second object after the first: Go's json.Unmarshal refuses it too, but a
+        # streaming decoder would read the first and classify nothing of the second
+        (request_line(good_header(), b'{"csr":"AA"}{"status":"deactivated"}'), "payload"),
+        (request_line(good_header(), b'{"csr":"AA"} {}'), "payload"),
         (b64(b'{"alg":"RS256","alg":"RS256","nonce":"n","url":"u","kid":"k"}') + b".\r\n", "duplicate"),
         (b64(b"[]") + b".\r\n", "not a JSON object"),
         (b64(b"\xff") + b".\r\n", "invalid JSON"),
