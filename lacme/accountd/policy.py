@@ -5,8 +5,10 @@ lacme-accountd.conf: ``operations``, ``names``, ``require-scope``) limits
 every connection, whatever the peer says; a master's scope (the first line
 of a connection, ``lacme.protocol.scope``) narrows it further for one run,
 and can never widen it, since a request must pass both.  ``Guard`` is one
-connection's state: its scope, the origin it signs for, and how many
-signatures are left.  Each refusal raises ``wire.Refused``; the server logs
+connection's state: its scope, the origin it signs for, how many
+signatures are left and which order each CSR finalized.  An allowed
+keyChange must name accountd's new key, an allowed newAccount carry no
+binding or accountd's own (lacme.protocol.scope).  Each refusal raises ``wire.Refused``; the server logs
 it and closes the connection.
 """
 
