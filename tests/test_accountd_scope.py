@@ -184,3 +184,52 @@ def test_a_scope_for_many_orders_is_longer_than_a_request(conf):
     assert d.request(order_line(names[-1]))
     rc, err = d.finish()
     assert rc == 0 and "NOSIGN" not in err
+
+
+def test_with_a_mac_key_only_its_own_binding_even_without_a_scope(conf, tmp_path):
+    """An accountd holding an EAB MAC key signs no newAccount bound to another
+    external account, scope or not (the binding says whose account it is)."""
+    mac = tmp_path / "eab.mac"
+    mac.write_text(jws.b64u_encode(b"k" * 32) + "\n")
+    mac.chmod(0o600)
+    conf.write_text(conf.read_text() + f"eab-kid = kid-1\neab-hmac-key = {mac}\n")
+
+    def register(kid: str, jwk: dict) -> bytes:
+        binding = jws.signing_input({"alg": "HS256", "kid": kid, "url": ORIGIN + "/acme/new-acct"}, jwk)
+        protected, payload = binding.split(".")
+        return line_for(header(jwk=jwk, url=ORIGIN + "/acme/new-acct"),
+                        {"termsOfServiceAgreed": True, "externalAccountBinding":
+                         {"protected": protected, "payload": payload, "signature": "AAAA"}})
+
+    d = ours(f"--config={conf}")
+    jwk = d.greeting().jwk
+    assert d.request(register("kid-1", jwk))
+    refused(d, register("kid-2", jwk), "not this accountd's (eab-kid kid-1)")
+    d = ours(f"--config={conf}")
+    assert d.request(KEY_CHANGE)  # no scope, no policy, no new key: as Debian's 0.8.2
+    d.finish()
+
+
+def test_one_order_finalized_per_csr(conf):
+    """A finalize is a certificate: the same CSR on a second order is refused
+    (duplicate certificates spend the CA's limits), its retries are signed."""
+    finalize = {"csr": jws.b64u_encode(CSR)}
+    first = header(kid=KID, url=ORIGIN + "/finalize/1")
+    d = ours(f"--config={conf}")
+    send(d, order_scope("a.example"))
+    assert d.request(line_for(first, finalize))
+    assert d.request(line_for({**first, "nonce": "bm9uY2UtMg"}, finalize))  # a badNonce retry
+    refused(d, line_for(header(kid=KID, url=ORIGIN + "/finalize/2"), finalize),
+            "finalize of a second order with the same CSR")
+
+
+def test_a_refused_name_cannot_forge_a_line_of_the_log(conf, tmp_path):
+    """The names in a refusal are the client's: escaped, one line in accountd's
+    log and one error line, with no line that looks like a signature."""
+    d = ours(f"--config={conf}")
+    send(d, order_scope("a.example"))
+    forged = "evil.example\n[1] SIGNED header={} payload={}\x1b[2K"
+    refused(d, order_line(forged), "newOrder for evil.example\\x0a[1] signed header={} payload={}\\x1b[2k,")
+    log = (tmp_path / "accountd.log").read_text()
+    assert "NOSIGN" in log and not any(line.lower().startswith("[1] signed") for line in log.splitlines())
+    assert "\x1b" not in log

@@ -89,6 +89,24 @@ def test_classify_never_raises(body, with_jwk):
     (KID, {"protected": "e30", "payload": "e30", "signature": "AA"}, sc.KEY_CHANGE),
     (KID, {"identifiers": [{"type": "dns", "value": "a.example"}]}, sc.NEW_ORDER),
     (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "status": "deactivated"}, sc.OTHER),
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "profile": "p", "replaces": "r"},
+     sc.NEW_ORDER),
+    # a validity the master did not ask for (a certificate expiring in minutes)
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "notAfter": "2026-01-01T00:05:00Z"},
+     sc.OTHER),
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "notBefore": "2036-01-01T00:00:00Z"},
+     sc.OTHER),
+    # Go's encoding/json matches members without case (and folds "ſ" to "s", "K" to "k"):
+    # only the exact RFC 8555 spellings are classified
+    (KID, {"Status": "deactivated"}, sc.OTHER),
+    (KID, {"\u017ftatus": "deactivated"}, sc.OTHER),
+    (KID, {"CONTACT": ["mailto:x@example.org"]}, sc.OTHER),
+    (KID, {"csr": jws.b64u_encode(CSR), "Csr": jws.b64u_encode(CERT)}, sc.OTHER),
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example", "Value": "evil.example"}]}, sc.OTHER),
+    ({"jwk": JWK}, {"onlyReturnExisting": False}, sc.OTHER),  # newAccount that creates
+    ({"jwk": JWK}, {"onlyReturnExisting": 1}, sc.OTHER),
+    (KID, {"payload": "e30", "signatures": [{"protected": "e30", "signature": "AA"}]}, sc.OTHER),
+    (KID, {"protected": "e30", "payload": "e30", "signature": "AA", "header": {}}, sc.OTHER),
     (KID, {"csr": jws.b64u_encode(CSR)}, sc.FINALIZE),
     (KID, {"certificate": jws.b64u_encode(CERT), "reason": 1}, sc.REVOKE_CERT),
     ({"jwk": JWK}, {"certificate": jws.b64u_encode(CERT)}, sc.REVOKE_CERT),
@@ -176,3 +194,74 @@ def test_rollover_requests_of_the_new_key_are_keychange_and_lookup():
     rollover = sc.Scope(operations=frozenset({sc.KEY_CHANGE}))
     assert sc.refusal(rollover, inner) is None
     assert sc.refusal(sc.Scope(operations=frozenset({sc.NEW_ORDER})), inner)
+
+
+def inner_jws(jwk: dict) -> dict:
+    protected = jws.b64u_encode(json.dumps({"alg": "ES256", "jwk": jwk, "url": "https://ca.example/kc"}).encode())
+    return {"protected": protected, "payload": "e30", "signature": "AAAA"}
+
+
+def test_key_change_only_to_the_new_key_the_signer_holds():
+    """The inner JWS names the key the account gets (RFC 8555 7.3.5): a
+    keyChange the scope allows is still refused unless that is accountd's
+    new key, or a client could move the account to a key of its own."""
+    new = {"kty": "EC", "crv": "P-256", "x": "bmV3", "y": "a2V5"}
+    attacker = {"kty": "EC", "crv": "P-256", "x": "ZXZp", "y": "bA"}
+    rollover = sc.Scope(operations=frozenset({sc.KEY_CHANGE}))
+    ours = sc.classify(KID, inner_jws(new), new_jwk=new)
+    theirs = sc.classify(KID, inner_jws(attacker), new_jwk=new)
+    assert ours.kind == theirs.kind == sc.KEY_CHANGE
+    assert sc.refusal(rollover, theirs) is None  # the scope alone would sign it
+    assert sc.key_change_refusal(ours, new) is None
+    assert sc.key_change_refusal(theirs, new) == "keyChange to a key that is not this accountd's new key"
+    assert "holds no new key" in sc.key_change_refusal(ours, None)
+    for body in ({"protected": "!", "signature": "AA"}, {"protected": 1, "signature": "AA"},
+                 {"signature": "AA"}, {"protected": jws.b64u_encode(b"[]"), "signature": "AA"}):
+        op = sc.classify(KID, body, new_jwk=new)
+        assert op.kind == sc.KEY_CHANGE and sc.key_change_refusal(op, new)
+    # the inner JWS itself, signed by the new key, is that key's keyChange
+    inner = sc.classify({"alg": "ES256", "jwk": new, "url": "https://ca.example/kc"},
+                        {"account": "https://ca.example/acct/1", "oldKey": JWK}, new_jwk=new)
+    assert sc.key_change_refusal(inner, new) is None
+
+
+def test_an_order_without_a_csr_allows_no_finalize():
+    """dns-persist orders to read the CA's issuer name and finalizes nothing:
+    its scope lists no CSR, and an empty csr matches no digest anyway."""
+    from lacme.master.scoping import orders_scope
+
+    scope = orders_scope("https://ca.example/dir", [(["a.example"], b"")])
+    assert scope.csr_digests == frozenset()
+    empty = sc.classify(KID, {"csr": ""})
+    assert empty.kind == sc.FINALIZE and empty.digest == ""
+    listed = sc.Scope(operations=frozenset({sc.NEW_ORDER}), csr_digests=frozenset({sc.digest(b"")}))
+    assert sc.refusal(listed, empty) == "finalize with a CSR that is not in the scope"
+    with_csr = orders_scope("https://ca.example/dir", [(["a.example"], CSR)])
+    assert with_csr.csr_digests == {sc.digest(CSR)} and with_csr.origin == "https://ca.example"
+
+
+def binding_jws(alg: str, kid: str) -> dict:
+    protected = jws.b64u_encode(json.dumps({"alg": alg, "kid": kid, "url": "https://ca.example/na"}).encode())
+    return {"protected": protected, "payload": jws.b64u_encode(json.dumps(JWK).encode()), "signature": "AA"}
+
+
+def test_registration_only_with_the_signers_own_binding():
+    """The binding says whose external account at the CA the new account
+    joins (RFC 8555 7.3.4): only the one accountd's MAC key made is signed."""
+    ours = ("HS256", "kid-1")
+    register = sc.Scope(operations=frozenset({sc.NEW_ACCOUNT}), tos=True)
+
+    def op(binding: object) -> sc.Operation:
+        return sc.classify({"jwk": JWK}, {"termsOfServiceAgreed": True, "externalAccountBinding": binding})
+
+    assert op(binding_jws("HS256", "kid-1")).binding == ours
+    assert sc.refusal(register, op(binding_jws("HS256", "kid-2"))) is None  # the scope alone would sign it
+    assert sc.binding_refusal(op(binding_jws("HS256", "kid-1")), ours) is None
+    assert "not this accountd's (eab-kid kid-1)" in sc.binding_refusal(op(binding_jws("HS256", "kid-2")), ours)
+    assert sc.binding_refusal(op(binding_jws("HS512", "kid-1")), ours)
+    assert "holds no MAC key" in sc.binding_refusal(op(binding_jws("HS256", "kid-1")), None)
+    for odd in ({"protected": "!", "payload": "", "signature": ""}, "x", [], {"signature": "AA"},
+                {**binding_jws("HS256", "kid-1"), "signatures": []}):
+        assert sc.binding_refusal(op(odd), ours)
+    plain = sc.classify({"jwk": JWK}, {"termsOfServiceAgreed": True})
+    assert plain.binding is None and sc.binding_refusal(plain, None) is None

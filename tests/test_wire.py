@@ -164,6 +164,10 @@ def test_accepts_jwk_request_for_served_key():
         (request_line(good_header(), b"{,}"), "payload"),
         (request_line(good_header(), b'{"a":NaN}'), "payload"),
         (request_line(good_header(), b'{"a":1,"a":2}'), "payload"),
+        # a second object after the first: Go's json.Unmarshal refuses it too, but a
+        # streaming decoder would read the first and classify nothing of the second
+        (request_line(good_header(), b'{"csr":"AA"}{"status":"deactivated"}'), "payload"),
+        (request_line(good_header(), b'{"csr":"AA"} {}'), "payload"),
         (b64(b'{"alg":"RS256","alg":"RS256","nonce":"n","url":"u","kid":"k"}') + b".\r\n", "duplicate"),
         (b64(b"[]") + b".\r\n", "not a JSON object"),
         (b64(b"\xff") + b".\r\n", "invalid JSON"),
@@ -199,6 +203,11 @@ def test_refuses_other_kid_when_keyid_configured():
         "https://ca.example.evil.example:14000/x",
         "https://ca.example:14000 /x",
         "https://ca.example:99999/x",
+        "https://ca.example:14000\\@evil.example/x",  # userinfo behind a backslash (WHATWG reads it so)
+        "https://ca%2Eexample:14000/x",  # a percent-encoded host is another host here
+        "https://ca.example.:14000/x",  # the root label: another origin string
+        "https://ca.\u00e9xample:14000/x",  # not ASCII (IDNA is the CA's to map, not ours)
+        "https://[::1]:14000/x",
         "//ca.example:14000/x",
         "/new-order",
     ],

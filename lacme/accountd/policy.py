@@ -5,8 +5,10 @@ lacme-accountd.conf: ``operations``, ``names``, ``require-scope``) limits
 every connection, whatever the peer says; a master's scope (the first line
 of a connection, ``lacme.protocol.scope``) narrows it further for one run,
 and can never widen it, since a request must pass both.  ``Guard`` is one
-connection's state: its scope, the origin it signs for, and how many
-signatures are left.  Each refusal raises ``wire.Refused``; the server logs
+connection's state: its scope, the origin it signs for, how many
+signatures are left and which order each CSR finalized.  An allowed
+keyChange must name accountd's new key, an allowed newAccount carry no
+binding or accountd's own (lacme.protocol.scope).  Each refusal raises ``wire.Refused``; the server logs
 it and closes the connection.
 """
 
@@ -39,7 +41,7 @@ class Policy(Record):
         if self.names and op.kind == sc.NEW_ORDER:
             for _kind, value in sorted(op.identifiers):
                 if not self.allows_name(value):
-                    return f"newOrder for {value} is not allowed by this accountd's names"
+                    return f"newOrder for {sc.show_names([value])} is not allowed by this accountd's names"
         return None
 
     def allows_name(self, value: str) -> bool:
@@ -60,6 +62,7 @@ class Guard:
         self.remaining = -1  # signatures left under a scope (-1: unbounded)
         self.lines = 0
         self.refused_scope = ""  # why the first line's scope was refused
+        self.finalized: dict[str, str] = {}  # CSR digest -> the finalize URL it was signed for
 
     def take(self, line: bytes, *, alg: str, jwk: dict, kid: str | None,
              binding: tuple[str, str] | None = None,
@@ -82,18 +85,38 @@ class Guard:
             raise wire.Refused("no scope as first line, and require-scope is set")
         req = wire.parse_sign_request(line, alg=alg, jwk=jwk, kid=kid, origin=self.origin,
                                       binding=binding, new_key=new_key)
-        if self.scope is None and not self.policy.restricts:
+        new_jwk = new_key[1] if new_key else None
+        limited = self.scope is not None or self.policy.restricts
+        if not limited and new_jwk is None and binding is None:
             return req  # as Debian's 0.8.2: any well-formed request for this key
-        op = sc.classify(req.header, req.body, new_jwk=new_key[1] if new_key else None)
+        op = sc.classify(req.header, req.body, new_jwk=new_jwk)
         reason = self.policy.refusal(op)
         if reason is None and self.scope is not None:
             reason = sc.refusal(self.scope, op)
-            if reason is None and self.remaining == 0:
-                reason = f"more signatures than the scope allows ({self.scope.signature_budget()})"
+        # A keyChange or newAccount that is allowed: to which key, bound to whom?
+        # (Whenever limited, or holding the new key or the MAC key they concern.)
+        if reason is None and (limited or new_jwk is not None):
+            reason = sc.key_change_refusal(op, new_jwk)
+        if reason is None and (limited or binding is not None):
+            reason = sc.binding_refusal(op, binding)
+        if reason is None and self.scope is not None:
+            reason = self._count(op, req.header["url"])
         if reason is not None:
             raise wire.Refused(reason)
         self.remaining -= 1
         return req
+
+    def _count(self, op: sc.Operation, url: str) -> str | None:
+        """Under a scope: the signature budget, and one order finalized per CSR
+        (its retries sign the same URL again).  Each finalize is a certificate:
+        more would spend the CA's limits on duplicate certificates (Let's
+        Encrypt: 5 a week for one set of names) and keep renewals out."""
+        assert self.scope is not None
+        if self.remaining == 0:
+            return f"more signatures than the scope allows ({self.scope.signature_budget()})"
+        if op.kind == sc.FINALIZE and self.finalized.setdefault(op.digest, url) != url:
+            return "finalize of a second order with the same CSR (one certificate per CSR and run)"
+        return None
 
     def _set_scope(self, scope: sc.Scope) -> None:
         if scope.origin is not None:

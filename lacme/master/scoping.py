@@ -107,13 +107,15 @@ def _origin(server: str) -> str | None:
 
 
 def orders_scope(server: str, orders: Iterable[tuple[Sequence[str | tuple[str, str]], bytes]]) -> sc.Scope:
-    """newOrder for these identifiers (a DNS name, or a (type, value)), finalize with these CSRs."""
+    """newOrder for these identifiers (a DNS name, or a (type, value)), finalize with these
+    CSRs (an empty one, as dns-persist's: no finalize for that order)."""
     identifiers: set[tuple[str, str]] = set()
     digests: set[str] = set()
     for names, csr in orders:
         for n in names:
             identifiers.add(sc.identifier(*n) if isinstance(n, tuple) else sc.identifier("dns", n))
-        digests.add(sc.digest(csr))
+        if csr:
+            digests.add(sc.digest(csr))
     return sc.Scope(origin=_origin(server), operations=frozenset({sc.NEW_ORDER}),
                     identifiers=frozenset(identifiers), csr_digests=frozenset(digests))
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from lacme.core.record import Record
+from lacme.core.text import escape_text
 from lacme.protocol import jws
 from lacme.protocol.eab import is_binding
 from lacme.protocol.wire import Refused, decode_object
@@ -61,7 +62,9 @@ ALWAYS = frozenset({POST_AS_GET, LOOKUP})
 IMPLIES = {NEW_ORDER: frozenset({NEW_ORDER, CHALLENGE, FINALIZE}),
            NEW_ACCOUNT: frozenset({NEW_ACCOUNT, BINDING})}
 
-_ORDER_MEMBERS = frozenset({"identifiers", "notBefore", "notAfter", "replaces", "profile"})
+# No notBefore/notAfter (7.4): no lacme client sends them (nor Debian's), and a CA that
+# honours them issues, for the run's names and CSR, a certificate that expires in minutes.
+_ORDER_MEMBERS = frozenset({"identifiers", "replaces", "profile"})
 _REGISTER_MEMBERS = frozenset({"contact", "termsOfServiceAgreed", "onlyReturnExisting",
                                "externalAccountBinding"})
 _JWS_MEMBERS = frozenset({"protected", "payload", "signature"})
@@ -72,14 +75,16 @@ class Operation(NamedTuple):
 
     kind: str
     identifiers: frozenset[tuple[str, str]] = frozenset()
-    digest: str = ""  # finalize: the CSR's; revokeCert: the certificate's
+    # finalize: the CSR's; revokeCert: the certificate's; keyChange: the new key's JWK thumbprint
+    digest: str = ""
     reason: int | None = None  # revokeCert
     contact: tuple[str, ...] = ()
     tos: bool = False
+    binding: tuple[str, str] | None = None  # newAccount: its binding's (alg, kid), ("", "") unreadable
 
     def describe(self) -> str:
         if self.identifiers:
-            return f"{self.kind} for {', '.join(sorted(v for _, v in self.identifiers))}"
+            return f"{self.kind} for {show_names(v for _, v in self.identifiers)}"
         return self.kind
 
 
@@ -105,6 +110,13 @@ class Scope(Record):
         """How many signatures the connection may make: generous, from the size
         of the work (each identifier is an authorization, a challenge and polls)."""
         return 64 + 64 * len(self.identifiers) + 16 * (len(self.csr_digests) + len(self.certificates))
+
+
+def show_names(values: Iterable[str]) -> str:
+    """Identifier values for a refusal, which goes to accountd's log and the
+    master's error line: the client wrote them, so they are escaped (a name
+    with a line break would forge a line of the record of what was signed)."""
+    return ", ".join(escape_text(v, ascii_only=True) for v in sorted(values))
 
 
 def digest(der: bytes) -> str:
@@ -226,7 +238,9 @@ def classify(header: dict, body: dict | None, *, new_jwk: dict | None = None) ->
     key of a rollover, whose requests (lacme.protocol.rollover) are the
     keyChange's inner JWS and the lookup."""
     if new_jwk is not None and header.get("jwk") == new_jwk:
-        return Operation(LOOKUP) if body == {"onlyReturnExisting": True} else Operation(KEY_CHANGE)
+        if body == {"onlyReturnExisting": True}:
+            return Operation(LOOKUP)
+        return Operation(KEY_CHANGE, digest=_thumbprint(new_jwk))
     if is_binding(header):  # its payload is the account's JWK (lacme.protocol.eab)
         return Operation(BINDING)
     members = set(body or ())
@@ -239,17 +253,17 @@ def classify(header: dict, body: dict | None, *, new_jwk: dict | None = None) ->
             return Operation(LOOKUP) if members == {"onlyReturnExisting"} else Operation(OTHER)
         contact = body.get("contact", [])
         tos = body.get("termsOfServiceAgreed", False)
-        if "externalAccountBinding" in members and not isinstance(body["externalAccountBinding"], dict):
-            return Operation(OTHER)
         if "onlyReturnExisting" in members or not _string_list(contact) or not isinstance(tos, bool):
             return Operation(OTHER)
-        return Operation(NEW_ACCOUNT, contact=tuple(contact), tos=tos)
+        eab = body.get("externalAccountBinding")
+        binding = _binding_key(eab) if "externalAccountBinding" in members else None
+        return Operation(NEW_ACCOUNT, contact=tuple(contact), tos=tos, binding=binding)
     if body is None:
         return Operation(POST_AS_GET)
     if not members:
         return Operation(CHALLENGE)
     if members <= _JWS_MEMBERS and "signature" in members:
-        return Operation(KEY_CHANGE)
+        return Operation(KEY_CHANGE, digest=_inner_key(body["protected"] if "protected" in members else None))
     if "identifiers" in members and members <= _ORDER_MEMBERS:
         try:
             idents = frozenset(_identifiers(body["identifiers"], "newOrder identifiers"))
@@ -274,18 +288,79 @@ def _revocation(body: dict, members: set[str]) -> Operation:
     return Operation(REVOKE_CERT, digest=_der_digest(body["certificate"]), reason=reason)
 
 
+def _inner_key(protected: Any) -> str:
+    """The thumbprint of the ``jwk`` in keyChange's inner JWS (the key the
+    account would answer to, RFC 8555 7.3.5); "" (matches nothing) if unreadable."""
+    try:
+        header = decode_object(jws.b64u_decode(protected), "inner JWS", ValueError)
+    except (TypeError, ValueError):
+        return ""
+    return _thumbprint(header.get("jwk"))
+
+
+def _binding_key(value: Any) -> tuple[str, str]:
+    """The MAC (alg, kid) of newAccount's externalAccountBinding, a flattened
+    JWS (7.3.4); ("", "") (matches nothing) if it is anything else."""
+    if not isinstance(value, dict) or set(value) != _JWS_MEMBERS:
+        return "", ""
+    try:
+        header = decode_object(jws.b64u_decode(value["protected"]), "binding", ValueError)
+    except (TypeError, ValueError):
+        return "", ""
+    alg, kid = header.get("alg"), header.get("kid")
+    return (alg, kid) if isinstance(alg, str) and isinstance(kid, str) else ("", "")
+
+
+def _thumbprint(jwk: Any) -> str:
+    try:
+        return jws.jwk_thumbprint(jwk) if isinstance(jwk, dict) else ""
+    except ValueError:
+        return ""
+
+
 def _string_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _der_digest(value: Any) -> str:
-    """The digest of a base64url DER member; "" (matches nothing) if malformed."""
-    if not isinstance(value, str):
+    """The digest of a base64url DER member; "" (matches nothing) if malformed or empty."""
+    if not isinstance(value, str) or not value:
         return ""
     try:
         return digest(jws.b64u_decode(value))
     except ValueError:
         return ""
+
+
+def key_change_refusal(op: Operation, new_jwk: dict | None) -> str | None:
+    """Why ``op``, a keyChange, is refused by a signer holding ``new_jwk`` (the
+    rollover's new key, or None): the outer JWS is signed only when the inner
+    one names that key, since the inner key is the one the account gets.
+    Otherwise whoever may ask for a keyChange could move the account to a
+    key of its own.  None for anything else."""
+    if op.kind != KEY_CHANGE:
+        return None
+    if new_jwk is None:
+        return "keyChange, and this accountd holds no new key (--new-privkey)"
+    if op.digest != _thumbprint(new_jwk):
+        return "keyChange to a key that is not this accountd's new key"
+    return None
+
+
+def binding_refusal(op: Operation, binding: tuple[str, str] | None) -> str | None:
+    """Why ``op``, a newAccount with an External Account Binding, is refused by
+    a signer whose MAC key is ``binding`` ((alg, kid), or None): only its own
+    binding is signed, since the binding says whose account at the CA the new
+    account joins (a client with MAC credentials of its own would bind this
+    key to them).  None for anything else."""
+    if op.kind != NEW_ACCOUNT or op.binding is None:
+        return None
+    if binding is None:
+        return "newAccount with an External Account Binding, and this accountd holds no MAC key"
+    if op.binding != binding:
+        return ("newAccount with an External Account Binding that is not this accountd's "
+                f"(eab-kid {binding[1]})")
+    return None
 
 
 def refusal(scope: Scope, op: Operation) -> str | None:
@@ -297,7 +372,7 @@ def refusal(scope: Scope, op: Operation) -> str | None:
             return "newOrder without identifiers"
         extra = sorted(v for _, v in op.identifiers - scope.identifiers)
         if extra:
-            return f"newOrder for {', '.join(extra)}, not in the scope"
+            return f"newOrder for {show_names(extra)}, not in the scope"
     elif op.kind == FINALIZE and op.digest not in scope.csr_digests:
         return "finalize with a CSR that is not in the scope"
     elif op.kind in (NEW_ACCOUNT, UPDATE_ACCOUNT) and sorted(op.contact) != sorted(scope.contact):

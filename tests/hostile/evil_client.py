@@ -45,6 +45,11 @@ def key_change(session: AcmeSession, **_: Any) -> None:
     session.post(url, jws.flattened(text, jwk_keys.sign(key, "ES256", text.encode("ascii"))))
 
 
+def key_change_rollover(session: AcmeSession, **kwargs: Any) -> None:
+    """The same, in a rollover run: accountd may sign a keyChange, to its new key."""
+    key_change(session, **kwargs)
+
+
 def deactivate(session: AcmeSession, **_: Any) -> None:
     session.lookup_account()
     session.deactivate_account()
@@ -55,8 +60,50 @@ def contact(session: AcmeSession, **_: Any) -> None:
     session.update_account({"contact": EVIL_CONTACT})
 
 
+def status_case(session: AcmeSession, **_: Any) -> None:
+    """Deactivation spelt "Status": Go's encoding/json (Pebble, Boulder) matches
+    members without case, so the CA reads it as the status."""
+    session.lookup_account()
+    session.update_account({"Status": "deactivated"})
+
+
+def status_folded(session: AcmeSession, **_: Any) -> None:
+    """Deactivation spelt with U+017F LONG S, which Go's member matching folds to "s"."""
+    session.lookup_account()
+    session.update_account({"\u017ftatus": "deactivated"})
+
+
+def contact_case(session: AcmeSession, **_: Any) -> None:
+    session.lookup_account()
+    session.update_account({"Contact": EVIL_CONTACT})
+
+
+def new_account_create(session: AcmeSession, **_: Any) -> None:
+    """newAccount with onlyReturnExisting false: a registration, not the lookup."""
+    session.post(session.resource("newAccount"), {"onlyReturnExisting": False, "contact": EVIL_CONTACT,
+                                                  "termsOfServiceAgreed": True}, use_jwk=True)
+
+
 def new_account(session: AcmeSession, **_: Any) -> None:
     session.new_account(contact=EVIL_CONTACT, tos_agreed=True)
+
+
+def eab_own(session: AcmeSession, command: dict, certificate: str, **_: Any) -> None:
+    """The registration the command asks for, bound (RFC 8555 7.3.4) to the
+    attacker's own external account at the CA: CERTIFICATE is then a file
+    "KID MAC-KEY" of the attacker's credentials."""
+    from lacme.protocol import eab
+
+    with open(certificate) as fh:
+        kid, text = fh.read().split()
+    key = eab.parse_mac_key(text)
+
+    def binding(url: str) -> dict:
+        signing_input = eab.binding_input("HS256", kid, url, session.signer.jwk)
+        return jws.flattened(signing_input, eab.mac("HS256", key, signing_input.encode("ascii")))
+
+    session.new_account(contact=command.get("contact") or (), tos_agreed=bool(command.get("tos_agreed")),
+                        binding=binding)
 
 
 def revoke(session: AcmeSession, certificate: str, **_: Any) -> None:
@@ -93,6 +140,47 @@ def finalize(session: AcmeSession, ctx: Context, command: dict, report: dict, **
     finish_order(ctx, prepared)
 
 
+def short_validity(session: AcmeSession, ctx: Context, command: dict, report: dict,
+                   **_: Any) -> None:
+    """The configured order with the master's own CSR, but asking for a
+    certificate that expires in minutes (RFC 8555 7.4 notAfter, which Pebble
+    honours), handed to the master to install over the good one."""
+    import datetime
+
+    order = command["orders"][0]
+    not_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)
+    url, real_post_json = session.resource("newOrder"), session.post_json
+
+    def post_json(target: str, payload: dict | None, **kwargs: Any) -> Any:
+        if target == url and payload is not None:
+            payload = {**payload, "notAfter": not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        return real_post_json(target, payload, **kwargs)
+
+    session.post_json = post_json  # type: ignore[method-assign]  # a test program alters the order
+    session.lookup_account()
+    prepared = prepare_order(ctx, order["id"], order["identifiers"], jws.b64u_decode(order["csr"]),
+                             OrderOptions(), request_budget(order["identifiers"], session.remaining()))
+    pem = finish_order(ctx, prepared)
+    ctx.link.send("certificate", id=order["id"], pem=pem)
+    report["installed"] = pem
+
+
+def finalize_twice(session: AcmeSession, ctx: Context, command: dict, report: dict,
+                   **_: Any) -> None:
+    """The configured order with the master's CSR, then more orders finalized
+    with the same CSR: each one a certificate, which spends the CA's limit on
+    duplicate certificates (Let's Encrypt: 5 a week) and keeps renewals out."""
+    order = command["orders"][0]
+    csr_der = jws.b64u_decode(order["csr"])
+    session.lookup_account()
+    report["issued"] = 0
+    for _ in range(3):
+        prepared = prepare_order(ctx, order["id"], order["identifiers"], csr_der, OrderOptions(),
+                                 request_budget(order["identifiers"], session.remaining()))
+        finish_order(ctx, prepared)
+        report["issued"] += 1
+
+
 def second_scope(session: AcmeSession, signer: AccountdSigner, **_: Any) -> None:
     """A scope of its own for everything, then an order it would allow."""
     wide = sc.Scope(operations=frozenset(sc.OPERATIONS), identifiers=frozenset({("dns", EVIL_NAME)}))
@@ -123,7 +211,9 @@ def publish_many(link: ControlLink, signer: AccountdSigner, command: dict, **_: 
 
 ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account, revoke,
                                     new_order, finalize, second_scope, publish, publish_idle,
-                                    publish_many)}
+                                    publish_many, key_change_rollover, short_validity, status_case,
+                                    status_folded, contact_case, new_account_create, eab_own,
+                                    finalize_twice)}
 
 
 def main() -> int:
