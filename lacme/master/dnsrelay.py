@@ -83,7 +83,10 @@ def answer_request(relay: DnsRelay | None, channel: Channel, msg: dict) -> None:
     if relay is None:
         ok, message = False, "no section of this run uses dns-01 or dns-persist-01"
     else:
-        ok, message = relay.publish(records, persistent=msg.get("persistent") is True)
+        # The client asks for dns-01 records only: the records that stay in
+        # the zone (dns-persist-01) are the master's own decision (``lacme
+        # dns-persist --publish``), never a client's.
+        ok, message = relay.publish(records)
     if not ok:  # the client reports it, once, for each section concerned
         log.debug("cannot publish DNS records: %s", message)
     channel.send(control.encode_message("dns_published", id=str(msg.get("id", "")), ok=ok,
@@ -153,16 +156,16 @@ class DnsRelay:
         self._save([])
 
     # ------------------------------------------------------------ requests
-    def check(self, records: Sequence[Record]) -> str | None:
+    def check(self, records: Sequence[Record], persistent: bool = False) -> str | None:
         for name, value in records:
-            why = dns01.check_record(name, value, self.allowed)
+            why = dns01.check_record(name, value, self.allowed, persistent=persistent)
             if why is not None:
                 return why
         return None
 
     def publish(self, records: Sequence[Record], *, persistent: bool = False) -> tuple[bool, str]:
         """Check, then have lacme-dns write ``records`` and wait until they are served."""
-        why = self.check(records) if records else "no records"
+        why = self.check(records, persistent) if records else "no records"
         if why is not None:
             return False, f"refused: {why}"
         if not persistent:

@@ -99,15 +99,24 @@ def parse_persist_value(value: str) -> tuple[str, str, bool] | None:
     return parts[0], uri, len(parts) == 3
 
 
-def check_record(name: str, value: str, allowed: frozenset[str] | set[str]) -> str | None:
+def check_record(name: str, value: str, allowed: frozenset[str] | set[str], *,
+                 persistent: bool = False) -> str | None:
     """Why ``name``/``value`` may not be written (None: it may).
 
-    ``allowed`` holds the base names of the sections being ordered.  Only
-    ``_acme-challenge.<allowed>`` with a digest, or
-    ``_validation-persist.<allowed>`` with a persist value.
+    ``allowed`` holds the base names of the sections being ordered.  A
+    challenge batch (removed at the end of the run) holds only
+    ``_acme-challenge.<allowed>`` with a digest; a ``persistent`` batch
+    (kept: ``lacme dns-persist --publish``) only
+    ``_validation-persist.<allowed>`` with a persist value.  So a record
+    that stays in the zone is never a dns-01 one, and a challenge batch,
+    the only kind the ACME client can ask for, never writes an
+    authorization that outlives the run.
     """
     if not isinstance(name, str) or not isinstance(value, str):
         return "record name and value must be strings"
+    if name.startswith(PERSIST_PREFIX if not persistent else ACME_PREFIX):
+        kind = "a dns-persist-01" if persistent else "a dns-01 challenge"
+        return f"{name[:100]}: not {kind} record name"
     if name.startswith(ACME_PREFIX):
         base = name[len(ACME_PREFIX):]
         if not is_digest_value(value):
