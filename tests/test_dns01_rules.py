@@ -161,3 +161,14 @@ def test_bad_challenge_is_one_line(tmp_path: Path, extra: str, message: str) -> 
     with pytest.raises(ConfigError) as info:
         cert_section(tmp_path, extra)
     assert f"[s] challenge: {message}" in str(info.value)
+
+
+def test_records_beyond_dns_bounds_are_refused() -> None:
+    base = ".".join(["a" * 60, "b" * 60, "c" * 60, "d" * 45, "example.org"])
+    assert dns01.is_dns_name(base)
+    why = dns01.check_record(dns01.challenge_name(base), "A" * 42 + "E", {base})
+    assert why is not None and "longer than 253" in why
+    value = dns01.persist_value("ca.test", "https://ca.test/acct/" + "1" * 250)
+    assert dns01.parse_persist_value(value) is not None
+    why = dns01.check_record("_validation-persist.example.org", value, ALLOWED, persistent=True)
+    assert why is not None and "longer than 255 octets" in why

@@ -135,3 +135,28 @@ def test_a_silent_check_server_costs_the_bound_once(primary: Knot, lagging: Knot
     assert elapsed < 1 + QUERY_TIMEOUT, f"{elapsed:.1f}s for a 1s bound"
     assert dns.close() == 0
     assert primary.all_txt() == {}
+
+
+def test_records_beyond_dns_bounds_are_one_line_and_lacme_dns_goes_on(primary: Knot,
+                                                                      tmp_path: Path) -> None:
+    """A name that is valid but too long once prefixed, a dns-persist-01 value
+    longer than one TXT string: refused with one line, nothing written, and
+    the connection still serves (lacme-dns did not die with a traceback)."""
+    long_base = ".".join(["a" * 60, "b" * 60, "c" * 60, "d" * 45, ZONE])
+    assert len(long_base) <= 253 < len("_acme-challenge." + long_base)
+    dns = LacmeDns(write_conf(tmp_path, primary, ZONE, timeout=10))
+    serial = primary.serial()
+    dns.send(type="allow", names=[long_base, name("www")])
+    dns.send(type="update", id=1, wait=True, delete=[],
+             add=[{"name": f"_acme-challenge.{long_base}", "value": DIGEST}])
+    answer = json.loads(dns.rfile.readline())
+    assert answer["ok"] is False and "a name longer than 253 characters" in answer["message"]
+    value = f"ca.test; accounturi=https://ca.test/acct/{'1' * 250}"
+    dns.send(type="update", id=2, wait=True, delete=[], persistent=True,
+             add=[{"name": f"_validation-persist.{name('www')}", "value": value}])
+    answer = json.loads(dns.rfile.readline())
+    assert answer["ok"] is False and "longer than 255 octets" in answer["message"]
+    assert "\n" not in answer["message"] and primary.serial() == serial
+    assert dns.update([name("www")])["ok"] is True, "the connection still serves"
+    assert dns.close() == 0
+    assert primary.all_txt() == {}

@@ -71,13 +71,15 @@ def send_update(zone: Zone, add: Sequence[tuple[str, str]], delete: Sequence[tup
                 ttl: int) -> None:
     """One UPDATE for the zone; LacmeError naming the zone, server and rcode."""
     assert zone.server is not None
-    origin = dns.name.from_text(zone.name)
-    update = dns.update.UpdateMessage(origin)
-    update.use_tsig(tsig_key(zone))
-    for name, value in delete:
-        update.delete(dns.name.from_text(name), "TXT", quoted(value))
-    for name, value in add:
-        update.add(dns.name.from_text(name), ttl, "TXT", quoted(value))
+    try:  # the rule (lacme.protocol.dns01) keeps names and values in DNS's bounds
+        update = dns.update.UpdateMessage(dns.name.from_text(zone.name))
+        update.use_tsig(tsig_key(zone))
+        for name, value in delete:
+            update.delete(dns.name.from_text(name), "TXT", quoted(value))
+        for name, value in add:
+            update.add(dns.name.from_text(name), ttl, "TXT", quoted(value))
+    except dns.exception.DNSException as exc:
+        raise LacmeError(f"zone {zone.name}: cannot write the UPDATE: {exc}") from None
     try:
         data = exchange_tcp(update, zone.server)
     except (dns.exception.DNSException, OSError) as exc:
