@@ -414,6 +414,20 @@ def test_unreadable_dns_config_is_one_line(dns_pebble: Pebble, knot: Knot,
     assert knot.all_txt() == {}
 
 
+def test_dns_socket_missing_is_one_line(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    """[dns] connect to a socket-activated lacme-dns that is not there."""
+    setup = make_setup(dns_pebble, knot, account_key)
+    missing = setup.root / "no-dns.socket"
+    setup.conf.write_text(setup.conf.read_text() + f"connect = {missing}\n")
+    setup.add_section("nosock", [name("www")], challenge="dns-01")
+    rc, err = issue(setup)
+    assert rc == 1, err
+    lines = [line for line in err.splitlines() if "connect" in line]
+    assert len(lines) == 1 and lines[0].endswith(
+        f"[dns] connect {missing}: No such file or directory"), err
+    assert knot.all_txt() == {}
+
+
 def test_lacme_dns_on_a_listening_socket_serves_in_turn_then_idles_out(knot: Knot,
                                                                         tmp_path: Path) -> None:
     """systemd's Accept=no socket: one connection after another, exit when idle."""

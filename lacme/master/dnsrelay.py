@@ -45,25 +45,19 @@ def open_dns(settings: DnsSettings, children: Children, stack: ExitStack, debug:
              aborting: Callable[[], bool]) -> DnsRelay:
     """lacme-dns, spawned or connected, told the names of this run; closed
     with the run (``aborting()``: interrupted, see ``DnsRelay.close``)."""
+    from lacme.master.components import connect_component, spawn_component
+
     if settings.connect:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(settings.connect)
-        except OSError as exc:
-            sock.close()
-            raise LacmeError(f"[dns] connect {settings.connect}: {exc.strerror}") from None
+        sock = connect_component(settings.connect, "dns")
     else:
         from lacme.core.privs import resolve
 
-        sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         creds = resolve(settings.user, settings.group, where="[dns]")
         argv = [*resolve_command(settings.command),
                 *([f"--config={settings.config}"] if settings.config else []),
                 "--debug" if debug else "--quiet"]
-        pid = children.spawn(argv, creds, "lacme-dns", grace=15.0, fds=[(theirs.fileno(), "dns")],
-                             umask=0o077, setting="[dns] command")
-        theirs.close()
-        log.debug("spawned lacme-dns, pid %d", pid)
+        sock, _ = spawn_component(children, "dns", argv, creds, "lacme-dns", grace=15.0,
+                                  fdname="dns")
     sock.settimeout(DNS_TIMEOUT)
     relay = DnsRelay(Channel(sock), names, state_directory)
     stack.callback(lambda: relay.close(aborting=aborting()))
