@@ -136,14 +136,17 @@ def verbosity(debug: bool) -> list[str]:
     return [] if log.isEnabledFor(logging.INFO) else ["--quiet"]
 
 
-def connect_component(path: str, section: str) -> socket.socket:
-    """A socket-activated component's socket (``[section] connect``)."""
+def connect_component(path: str, section: str, hint: str = "") -> socket.socket:
+    """A socket-activated component's socket (``[section] connect``);
+    ``hint`` is added to the error when nothing listens there."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise LacmeError(f"[{section}] connect {path}: {exc.strerror}") from None
+        why = f" ({hint})" if hint and isinstance(exc, (FileNotFoundError,
+                                                         ConnectionRefusedError)) else ""
+        raise LacmeError(f"[{section}] connect {path}: {exc.strerror}{why}") from None
     log.debug("connected to the %s socket %s", section, path)
     return sock
 

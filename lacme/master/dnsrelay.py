@@ -25,7 +25,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 
-from lacme.config.dns import DnsSettings
+from lacme.config.dns import DEFAULT_DNS_CONFIG, DnsSettings
 from lacme.core.atomic import replace_file
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError
@@ -48,7 +48,9 @@ def open_dns(settings: DnsSettings, children: Children, stack: ExitStack, debug:
     from lacme.master.components import connect_component, spawn_component
 
     if settings.connect:
-        sock = connect_component(settings.connect, "dns")
+        # lacme-dns.socket listens only when its credential's file exists.
+        sock = connect_component(settings.connect, "dns", "is lacme-dns.socket started? "
+                                 f"it starts only if {DEFAULT_DNS_CONFIG} exists")
     else:
         from lacme.core.privs import resolve
 
