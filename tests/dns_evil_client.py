@@ -3,8 +3,9 @@
 Started by the real master as ``[client] command``; it speaks the control
 protocol (``lacme.protocol.control``) over its inherited descriptor: after
 hello and the orders it asks for records of a name not being ordered, a
-value that is no digest, a name without the ``_acme-challenge`` label and
-(the control) a record the master must accept; it reports every answer in
+value that is no digest, a name without the ``_acme-challenge`` label,
+records that would stay after the run (a dns-persist-01 one, a dns-01 one
+asked to be persistent) and (the control) a record the master must accept; it reports every answer in
 its ``failed`` message, so that the test reads the master's decisions.
 """
 
@@ -31,11 +32,17 @@ requests = {
     "foreign": [{"name": "_acme-challenge.h05.example.test", "value": DIGEST}],
     "value": [{"name": f"_acme-challenge.{ordered}", "value": "not a digest"}],
     "label": [{"name": ordered, "value": DIGEST}],
+    # Records that would outlive the run: a dns-persist-01 authorization of
+    # any account at any CA, and a challenge record asked to be kept.
+    "persist": [{"name": f"_validation-persist.{ordered}",
+                 "value": "evil.test; accounturi=https://evil.test/acct/1"}],
+    "kept": [{"name": f"_acme-challenge.{ordered}", "value": "B" * 42 + "E"}],
     "allowed": [{"name": f"_acme-challenge.{ordered}", "value": DIGEST}],
 }
 answers = {}
 for key, records in requests.items():
-    channel.send(control.encode_message("dns_publish", id=key, records=records))
+    persistent = {"persistent": True} if key in ("persist", "kept") else {}
+    channel.send(control.encode_message("dns_publish", id=key, records=records, **persistent))
     line, _ = channel.recv_line(control.MAX_LINE)
     answers[key] = json.loads(line)
     if key == "allowed":

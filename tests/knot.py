@@ -16,7 +16,7 @@ import base64
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,21 +92,28 @@ class Knot:
         self._process.send_signal(signal.SIGCONT)
 
 
-def zone_text(zone: str, extra: Sequence[str] = ()) -> str:
+def zone_text(zone: str, extra: Sequence[str] = (),
+              ns: Sequence[str] = ("127.0.0.1",)) -> str:
+    """The zone file: one NS record per address of ``ns`` (ns, ns2, ...)."""
+    hosts = [f"ns{i + 1 if i else ''}" for i in range(len(ns))]
     return "\n".join([
         f"$ORIGIN {zone}.", "$TTL 60",
         f"@ SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60",
-        f"@ NS ns.{zone}.", "ns A 127.0.0.1", "@ A 127.0.0.1", "* A 127.0.0.1",
+        *[f"@ NS {host}.{zone}." for host in hosts],
+        *[f"{host} A {address}" for host, address in zip(hosts, ns, strict=True)],
+        "@ A 127.0.0.1", "* A 127.0.0.1",
         # Explicit addresses: a name with a challenge record below it is no
         # longer covered by the wildcard (RFC 4592 2.2.2).
         *[f"{host} A 127.0.0.1" for host in HOSTS if host],
         *extra, ""])
 
 
-def knot_config(workdir: Path, port: int, secret: str, nobody: str, zones: Sequence[str]) -> str:
+def knot_config(workdir: Path, port: int, secret: str, nobody: str, zones: Sequence[str],
+                also_listen: Sequence[str] = ()) -> str:
     owners = ", ".join(OWNERS)
+    listen = ", ".join([f"127.0.0.1@{port}", *also_listen])
     lines = [
-        "server:", f"    rundir: {workdir}", f"    listen: 127.0.0.1@{port}",
+        "server:", f"    rundir: {workdir}", f"    listen: [{listen}]",
         "log:", "  - target: stderr", "    any: info",
         "database:", f"    storage: {workdir}",
         "key:",
@@ -124,18 +131,22 @@ def knot_config(workdir: Path, port: int, secret: str, nobody: str, zones: Seque
 
 
 def start_knot(workdir: Path, zones: Sequence[str] = (ZONE, SECOND_ZONE),
-               records: dict[str, Sequence[str]] | None = None) -> Knot:
-    """knotd on a free loopback port serving ``zones`` (``records`` adds zone-file lines)."""
+               records: dict[str, Sequence[str]] | None = None, *,
+               ns: Mapping[str, Sequence[str]] | None = None,
+               also_listen: Sequence[str] = ()) -> Knot:
+    """knotd on a free loopback port serving ``zones`` (``records`` adds zone-file lines;
+    ``ns``: a zone's NS addresses, 127.0.0.1 by default; ``also_listen``: more ``IP@PORT``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     secret = base64.b64encode(os.urandom(32)).decode()
     nobody = base64.b64encode(os.urandom(32)).decode()
     for zone in zones:
-        (workdir / f"{zone}.zone").write_text(zone_text(zone, (records or {}).get(zone, ())))
+        (workdir / f"{zone}.zone").write_text(zone_text(zone, (records or {}).get(zone, ()),
+                                                         (ns or {}).get(zone, ("127.0.0.1",))))
     error: Exception | None = None
     for _ in range(3):
         port = free_port()
         conf = workdir / "knot.conf"
-        conf.write_text(knot_config(workdir, port, secret, nobody, zones))
+        conf.write_text(knot_config(workdir, port, secret, nobody, zones, also_listen))
         log_path = workdir / "knotd.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen([KNOTD, "-c", str(conf)], stdin=subprocess.DEVNULL,

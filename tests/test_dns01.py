@@ -182,9 +182,14 @@ def test_master_refuses_what_a_compromised_client_asks(dns_pebble: Pebble, knot:
     assert "not a name of the certificates being ordered" in answers["foreign"]["message"]
     assert answers["value"]["ok"] is False and "digest" in answers["value"]["message"]
     assert answers["label"]["ok"] is False and "_acme-challenge" in answers["label"]["message"]
+    # Nothing the client asks for outlives the run: no dns-persist-01 record
+    # (an authorization of any account), no challenge record kept.
+    assert answers["persist"]["ok"] is False, answers["persist"]
+    assert "not a dns-01 challenge record name" in answers["persist"]["message"]
+    assert answers["kept"]["ok"] is True, "asked as persistent, written as a challenge record"
     assert answers["allowed"]["ok"] is True, answers["allowed"]
     assert knot.all_txt() == {}
-    assert knot.serial() == before + 2, "only the allowed record was written, then removed"
+    assert knot.serial() == before + 4, "only the two challenge batches were written, then removed"
 
 
 def test_lacme_dns_checks_the_rule_again(knot: Knot, tmp_path: Path) -> None:
@@ -210,9 +215,9 @@ def test_lacme_dns_checks_the_rule_again(knot: Knot, tmp_path: Path) -> None:
     theirs.close()
     rfile = ours.makefile("rb")
 
-    def update(add: list[dict]) -> dict:
+    def update(add: list[dict], persistent: bool = False) -> dict:
         ours.sendall(json.dumps({"type": "update", "id": 1, "add": add, "delete": [],
-                                 "wait": True}).encode() + b"\n")
+                                 "wait": True, "persistent": persistent}).encode() + b"\n")
         return json.loads(rfile.readline())
 
     ours.sendall(b'{"type": "allow", "names": ["www.example.test"]}\n')
@@ -220,6 +225,14 @@ def test_lacme_dns_checks_the_rule_again(knot: Knot, tmp_path: Path) -> None:
     before = knot.serial()
     refused = update([{"name": "_acme-challenge.h07.example.test", "value": digest}])
     assert refused["ok"] is False and "not a name of the certificates" in refused["message"]
+    # A record kept after the connection is a dns-persist-01 one, never a
+    # challenge; a challenge batch holds no dns-persist-01 record.
+    kept = update([{"name": "_acme-challenge.www.example.test", "value": digest}], persistent=True)
+    assert kept["ok"] is False and "not a dns-persist-01 record name" in kept["message"]
+    persist = update([{"name": "_validation-persist.www.example.test",
+                       "value": "evil.test; accounturi=https://evil.test/acct/1"}])
+    assert persist["ok"] is False and "not a dns-01 challenge record name" in persist["message"]
+    assert knot.serial() == before, "nothing refused was written"
     accepted = update([{"name": "_acme-challenge.www.example.test", "value": digest}])
     assert accepted["ok"] is True, accepted
     assert knot.txt("_acme-challenge.www.example.test") == {digest}
@@ -398,6 +411,20 @@ def test_unreadable_dns_config_is_one_line(dns_pebble: Pebble, knot: Knot,
     assert rc == 1, err
     lines = [line for line in err.splitlines() if "lacme-dns.conf" in line]
     assert len(lines) == 1 and "No such file or directory" in lines[0], err
+    assert knot.all_txt() == {}
+
+
+def test_dns_socket_missing_is_one_line(dns_pebble: Pebble, knot: Knot, account_key: Path) -> None:
+    """[dns] connect to a socket-activated lacme-dns that is not there."""
+    setup = make_setup(dns_pebble, knot, account_key)
+    missing = setup.root / "no-dns.socket"
+    setup.conf.write_text(setup.conf.read_text() + f"connect = {missing}\n")
+    setup.add_section("nosock", [name("www")], challenge="dns-01")
+    rc, err = issue(setup)
+    assert rc == 1, err
+    lines = [line for line in err.splitlines() if "connect" in line]
+    assert len(lines) == 1, err
+    assert f"[dns] connect {missing}: No such file or directory (is lacme-dns.socket" in lines[0]
     assert knot.all_txt() == {}
 
 

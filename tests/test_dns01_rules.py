@@ -69,7 +69,8 @@ def test_persist_record_in_pebbles_format() -> None:
     value = dns01.persist_value("Pebble.LocalHost.", "https://ca.test/acct/1", wildcard=True)
     assert value == "pebble.localhost; accounturi=https://ca.test/acct/1; policy=wildcard"
     assert dns01.parse_persist_value(value) == ("pebble.localhost", "https://ca.test/acct/1", True)
-    assert dns01.check_record("_validation-persist.example.org", value, ALLOWED) is None
+    assert dns01.check_record("_validation-persist.example.org", value, ALLOWED,
+                              persistent=True) is None
     plain = dns01.persist_value("ca.test", "https://ca.test/acct/1")
     assert plain == "ca.test; accounturi=https://ca.test/acct/1"
 
@@ -79,7 +80,15 @@ def test_persist_record_in_pebbles_format() -> None:
     "ca.test; accounturi=https://ca.test/1; policy=other", "; accounturi=https://ca.test/1",
     "A" * 42 + "E", "ca.test; accounturi=https://ca.test/1; policy=wildcard; x=y"])
 def test_persist_values_of_another_shape_are_refused(value: str) -> None:
-    assert dns01.check_record("_validation-persist.example.org", value, ALLOWED) is not None
+    assert dns01.check_record("_validation-persist.example.org", value, ALLOWED,
+                              persistent=True) is not None
+
+
+def test_a_record_kept_is_never_a_challenge_and_a_challenge_never_kept() -> None:
+    persist = dns01.persist_value("ca.test", "https://ca.test/acct/1")
+    assert dns01.check_record("_validation-persist.example.org", persist, ALLOWED) is not None
+    assert dns01.check_record("_acme-challenge.example.org", "A" * 42 + "E", ALLOWED,
+                              persistent=True) is not None
 
 
 # -- lacme-dns.conf -----------------------------------------------------------
@@ -152,3 +161,14 @@ def test_bad_challenge_is_one_line(tmp_path: Path, extra: str, message: str) -> 
     with pytest.raises(ConfigError) as info:
         cert_section(tmp_path, extra)
     assert f"[s] challenge: {message}" in str(info.value)
+
+
+def test_records_beyond_dns_bounds_are_refused() -> None:
+    base = ".".join(["a" * 60, "b" * 60, "c" * 60, "d" * 45, "example.org"])
+    assert dns01.is_dns_name(base)
+    why = dns01.check_record(dns01.challenge_name(base), "A" * 42 + "E", {base})
+    assert why is not None and "longer than 253" in why
+    value = dns01.persist_value("ca.test", "https://ca.test/acct/" + "1" * 250)
+    assert dns01.parse_persist_value(value) is not None
+    why = dns01.check_record("_validation-persist.example.org", value, ALLOWED, persistent=True)
+    assert why is not None and "longer than 255 octets" in why

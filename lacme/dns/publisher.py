@@ -78,8 +78,11 @@ class Publisher:
         ``persistent`` (dns-persist-01 records): kept when the connection ends."""
         if self.cfg is None:
             raise LacmeError(self.error)
-        for name, value in [*add, *delete]:
-            why = check_record(name, value, self.allowed)
+        # A persistent batch adds dns-persist-01 records only; what is deleted
+        # is always a challenge record (a persistent one is removed by hand).
+        checks = [*((r, persistent) for r in add), *((r, False) for r in delete)]
+        for (name, value), kept in checks:
+            why = check_record(name, value, self.allowed, persistent=kept)
             if why is not None:
                 raise LacmeError(f"refused: {why}")
         by_zone: dict[Zone, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}

@@ -71,13 +71,15 @@ def send_update(zone: Zone, add: Sequence[tuple[str, str]], delete: Sequence[tup
                 ttl: int) -> None:
     """One UPDATE for the zone; LacmeError naming the zone, server and rcode."""
     assert zone.server is not None
-    origin = dns.name.from_text(zone.name)
-    update = dns.update.UpdateMessage(origin)
-    update.use_tsig(tsig_key(zone))
-    for name, value in delete:
-        update.delete(dns.name.from_text(name), "TXT", quoted(value))
-    for name, value in add:
-        update.add(dns.name.from_text(name), ttl, "TXT", quoted(value))
+    try:  # the rule (lacme.protocol.dns01) keeps names and values in DNS's bounds
+        update = dns.update.UpdateMessage(dns.name.from_text(zone.name))
+        update.use_tsig(tsig_key(zone))
+        for name, value in delete:
+            update.delete(dns.name.from_text(name), "TXT", quoted(value))
+        for name, value in add:
+            update.add(dns.name.from_text(name), ttl, "TXT", quoted(value))
+    except dns.exception.DNSException as exc:
+        raise LacmeError(f"zone {zone.name}: cannot write the UPDATE: {exc}") from None
     try:
         data = exchange_tcp(update, zone.server)
     except (dns.exception.DNSException, OSError) as exc:
@@ -123,17 +125,18 @@ def _read_exactly(sock: object, size: int) -> bytes:
     return data
 
 
-def query(server: Server, name: str, rdtype: str) -> dns.message.Message:
+def query(server: Server, name: str, rdtype: str,
+          timeout: float = QUERY_TIMEOUT) -> dns.message.Message:
     q = dns.message.make_query(name, rdtype)
     q.flags &= ~dns.flags.RD  # the authoritative answer, not a cached one
-    return dns.query.udp(q, server.host, timeout=QUERY_TIMEOUT, port=server.port,
+    return dns.query.udp(q, server.host, timeout=timeout, port=server.port,
                          ignore_unexpected=True)
 
 
-def txt_values(server: Server, name: str) -> set[str]:
+def txt_values(server: Server, name: str, timeout: float = QUERY_TIMEOUT) -> set[str]:
     """The TXT values ``server`` answers for ``name`` (empty on any failure)."""
     try:
-        answer = query(server, name, "TXT")
+        answer = query(server, name, "TXT", timeout)
     except (dns.exception.DNSException, OSError):
         return set()
     values = set()
@@ -173,7 +176,12 @@ def wait_for_records(records: Mapping[Zone, Iterable[tuple[str, str]]], timeout:
     delay = 0.05
     while pending:
         for server, name in sorted({(s, n) for s, n, _ in pending}, key=str):
-            served = txt_values(server, name)
+            # Each query within what is left of the bound: a server that does
+            # not answer costs the bound once, not QUERY_TIMEOUT per record.
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            served = txt_values(server, name, min(QUERY_TIMEOUT, left))
             pending -= {(server, name, v) for v in served}
         if not pending:
             return

@@ -30,7 +30,7 @@ from lacme.config.specifiers import Identity, expand
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError
 from lacme.core.origin import origin_of
-from lacme.core.privs import resolve
+from lacme.core.privs import Credentials, resolve
 from lacme.core.sockdir import check_socket_directory
 from lacme.master.challenges import ChallengeDirectory
 from lacme.master.children import Children, resolve_command
@@ -136,28 +136,50 @@ def verbosity(debug: bool) -> list[str]:
     return [] if log.isEnabledFor(logging.INFO) else ["--quiet"]
 
 
+def connect_component(path: str, section: str, hint: str = "") -> socket.socket:
+    """A socket-activated component's socket (``[section] connect``);
+    ``hint`` is added to the error when nothing listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        why = f" ({hint})" if hint and isinstance(exc, (FileNotFoundError,
+                                                         ConnectionRefusedError)) else ""
+        raise LacmeError(f"[{section}] connect {path}: {exc.strerror}{why}") from None
+    log.debug("connected to the %s socket %s", section, path)
+    return sock
+
+
+def spawn_component(children: Children, section: str, argv: list[str], creds: Credentials,
+                    what: str, grace: float, fdname: str) -> tuple[socket.socket, int]:
+    """A component spawned as ``creds`` with one end of a new connection as
+    its descriptor ``fdname`` (sd_listen_fds); our end and its pid."""
+    sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = children.spawn(argv, creds, what, grace=grace, fds=[(theirs.fileno(), fdname)],
+                             umask=0o077, setting=f"[{section}] command")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        theirs.close()
+    log.debug("spawned %s %s, pid %d", what, argv[0], pid)
+    return sock, pid
+
+
 def start_client(cfg: MasterConfig, children: Children, stack: ExitStack,
                  debug: bool) -> tuple[Channel, int | None]:
     """The control channel to the client, and the client's pid if spawned."""
     c = cfg.client
     pid = None
     if c.connect:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(c.connect)
-        except OSError as exc:
-            sock.close()
-            raise LacmeError(f"[client] connect {c.connect}: {exc.strerror}") from None
-        log.debug("connected to the client socket %s", c.connect)
+        sock = connect_component(c.connect, "client")
     else:
-        sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         creds = resolve(c.user, c.group, where="[client]")
         argv = [*resolve_command(c.command), *verbosity(debug)]
-        pid = children.spawn(argv, creds, "the ACME client", grace=10.0,
-                             fds=[(theirs.fileno(), "control")], umask=0o077,
-                             setting="[client] command")
-        theirs.close()
-        log.debug("spawned the client %s, pid %d", argv[0], pid)
+        sock, pid = spawn_component(children, "client", argv, creds, "the ACME client",
+                                    grace=10.0, fdname="control")
     sock.settimeout(run_deadline(c.timeout))
     stack.callback(shutdown_quietly, sock)
     return Channel(sock), pid

@@ -25,7 +25,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 
-from lacme.config.dns import DnsSettings
+from lacme.config.dns import DEFAULT_DNS_CONFIG, DnsSettings
 from lacme.core.atomic import replace_file
 from lacme.core.descriptors import Channel
 from lacme.core.errors import LacmeError
@@ -45,25 +45,21 @@ def open_dns(settings: DnsSettings, children: Children, stack: ExitStack, debug:
              aborting: Callable[[], bool]) -> DnsRelay:
     """lacme-dns, spawned or connected, told the names of this run; closed
     with the run (``aborting()``: interrupted, see ``DnsRelay.close``)."""
+    from lacme.master.components import connect_component, spawn_component
+
     if settings.connect:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(settings.connect)
-        except OSError as exc:
-            sock.close()
-            raise LacmeError(f"[dns] connect {settings.connect}: {exc.strerror}") from None
+        # lacme-dns.socket listens only when its credential's file exists.
+        sock = connect_component(settings.connect, "dns", "is lacme-dns.socket started? "
+                                 f"it starts only if {DEFAULT_DNS_CONFIG} exists")
     else:
         from lacme.core.privs import resolve
 
-        sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         creds = resolve(settings.user, settings.group, where="[dns]")
         argv = [*resolve_command(settings.command),
                 *([f"--config={settings.config}"] if settings.config else []),
                 "--debug" if debug else "--quiet"]
-        pid = children.spawn(argv, creds, "lacme-dns", grace=15.0, fds=[(theirs.fileno(), "dns")],
-                             umask=0o077, setting="[dns] command")
-        theirs.close()
-        log.debug("spawned lacme-dns, pid %d", pid)
+        sock, _ = spawn_component(children, "dns", argv, creds, "lacme-dns", grace=15.0,
+                                  fdname="dns")
     sock.settimeout(DNS_TIMEOUT)
     relay = DnsRelay(Channel(sock), names, state_directory)
     stack.callback(lambda: relay.close(aborting=aborting()))
@@ -83,7 +79,10 @@ def answer_request(relay: DnsRelay | None, channel: Channel, msg: dict) -> None:
     if relay is None:
         ok, message = False, "no section of this run uses dns-01 or dns-persist-01"
     else:
-        ok, message = relay.publish(records, persistent=msg.get("persistent") is True)
+        # The client asks for dns-01 records only: the records that stay in
+        # the zone (dns-persist-01) are the master's own decision (``lacme
+        # dns-persist --publish``), never a client's.
+        ok, message = relay.publish(records)
     if not ok:  # the client reports it, once, for each section concerned
         log.debug("cannot publish DNS records: %s", message)
     channel.send(control.encode_message("dns_published", id=str(msg.get("id", "")), ok=ok,
@@ -153,16 +152,16 @@ class DnsRelay:
         self._save([])
 
     # ------------------------------------------------------------ requests
-    def check(self, records: Sequence[Record]) -> str | None:
+    def check(self, records: Sequence[Record], persistent: bool = False) -> str | None:
         for name, value in records:
-            why = dns01.check_record(name, value, self.allowed)
+            why = dns01.check_record(name, value, self.allowed, persistent=persistent)
             if why is not None:
                 return why
         return None
 
     def publish(self, records: Sequence[Record], *, persistent: bool = False) -> tuple[bool, str]:
         """Check, then have lacme-dns write ``records`` and wait until they are served."""
-        why = self.check(records) if records else "no records"
+        why = self.check(records, persistent) if records else "no records"
         if why is not None:
             return False, f"refused: {why}"
         if not persistent:

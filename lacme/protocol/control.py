@@ -25,10 +25,11 @@ Master -> client
 Client -> master
     publish    {"token": str, "content": str}   master writes the challenge file
     unpublish  {"token": str}                   master removes it
-    dns_publish {"id": str, "records": [{"name", "value"}], "persistent": bool?}
-                                                dns-01 / dns-persist-01 TXT records, relayed
-                                                to lacme-dns (lacme.master.dnsrelay); one
-                                                batch, answered once they are served
+    dns_publish {"id": str, "records": [{"name", "value"}]}
+                                                dns-01 TXT records, relayed to lacme-dns
+                                                (lacme.master.dnsrelay); one batch, answered
+                                                once they are served, removed at the end of
+                                                the run (never a dns-persist-01 record)
     dns_unpublish {"records": [{"name", "value"}]}
     persist_info {"id": str, "account": str, "issuer": str}   (answer to dns_persist)
     account    {"account": {...}, "location": str, "jwk_thumbprint": str, "kid": str}

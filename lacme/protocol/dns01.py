@@ -36,6 +36,9 @@ _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 _LAST = frozenset("AEIMQUYcgkosw048")
 _LABEL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 MAX_NAME = 253
+# A TXT character-string (RFC 1035 3.3.14): a record is written as one string,
+# the form every validator reads the same way.
+MAX_TXT = 255
 
 CHALLENGES = ("http-01", "dns-01", "dns-persist-01")
 MASTER_TYPES = frozenset({"allow", "update"})
@@ -99,15 +102,28 @@ def parse_persist_value(value: str) -> tuple[str, str, bool] | None:
     return parts[0], uri, len(parts) == 3
 
 
-def check_record(name: str, value: str, allowed: frozenset[str] | set[str]) -> str | None:
+def check_record(name: str, value: str, allowed: frozenset[str] | set[str], *,
+                 persistent: bool = False) -> str | None:
     """Why ``name``/``value`` may not be written (None: it may).
 
-    ``allowed`` holds the base names of the sections being ordered.  Only
-    ``_acme-challenge.<allowed>`` with a digest, or
-    ``_validation-persist.<allowed>`` with a persist value.
+    ``allowed`` holds the base names of the sections being ordered.  A
+    challenge batch (removed at the end of the run) holds only
+    ``_acme-challenge.<allowed>`` with a digest; a ``persistent`` batch
+    (kept: ``lacme dns-persist --publish``) only
+    ``_validation-persist.<allowed>`` with a persist value.  So a record
+    that stays in the zone is never a dns-01 one, and a challenge batch,
+    the only kind the ACME client can ask for, never writes an
+    authorization that outlives the run.
     """
     if not isinstance(name, str) or not isinstance(value, str):
         return "record name and value must be strings"
+    if len(name) > MAX_NAME:  # RFC 1035 2.3.4, the prefix included
+        return f"{name[:100]}...: a name longer than {MAX_NAME} characters"
+    if len(value.encode()) > MAX_TXT:
+        return f"{name[:100]}: a value longer than {MAX_TXT} octets (one TXT string)"
+    if name.startswith(PERSIST_PREFIX if not persistent else ACME_PREFIX):
+        kind = "a dns-persist-01" if persistent else "a dns-01 challenge"
+        return f"{name[:100]}: not {kind} record name"
     if name.startswith(ACME_PREFIX):
         base = name[len(ACME_PREFIX):]
         if not is_digest_value(value):

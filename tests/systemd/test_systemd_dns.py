@@ -106,3 +106,30 @@ def test_renewal_issues_a_wildcard_through_the_dns_unit(dns_box: Box, sd_knot: K
     assert entries and {int(e["_UID"]) for e in entries} <= set(DYNAMIC_UIDS)
     probes = {str(e.get("MESSAGE")) for e in entries if "LACME-PROBE" in str(e.get("MESSAGE"))}
     assert probes == {"LACME-PROBE file-unreadable", "LACME-PROBE credential-readable"}, probes
+
+
+
+def test_missing_dns_config_is_one_line(dns_box: Box, sd_knot: Knot) -> None:
+    """No lacme-dns.conf: the socket does not listen (the service could not
+    get its credential), and the master's one line names the file."""
+    conf = dns_box.host_path("/etc/lacme/lacme-dns.conf")
+    saved = conf.read_text()
+    conf.unlink()
+    dns_box.systemctl("stop", "lacme-dns.service", "lacme-dns.socket")
+    try:
+        dns_box.systemctl("start", "lacme-dns.socket")  # its condition fails: not listening
+        assert dns_box.show("lacme-dns.socket", "ActiveState")["ActiveState"] == "inactive"
+        serial = sd_knot.serial()
+        proc = dns_box.run(f"{VENV}/bin/lacme", "newOrder", "--force", check=False, timeout=120)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if "lacme-dns" in line]
+        assert len(lines) == 1, proc.stderr
+        assert "[dns] connect /run/lacme/dns.socket: No such file or directory" in lines[0]
+        assert "/etc/lacme/lacme-dns.conf exists" in lines[0]
+        assert "Traceback" not in proc.stderr
+        assert sd_knot.serial() == serial and sd_knot.all_txt() == {}
+    finally:
+        dns_box.write("/etc/lacme/lacme-dns.conf", saved, mode=0o600)
+        dns_box.systemctl("reset-failed", "lacme-dns.service", "lacme-dns.socket", check=False)
+        dns_box.systemctl("restart", "lacme-dns.socket", check=False)
+    assert dns_box.show("lacme-dns.socket", "ActiveState")["ActiveState"] == "active"

@@ -73,8 +73,13 @@ def test_security_exposure_within_threshold(box: Box, unit: str, threshold: int)
 
 
 def test_sockets_listen_root_only_after_enable(box: Box) -> None:
-    box.systemctl("enable", "--now", "lacme-accountd.socket", "lacme-client.socket",
-                  "lacme-webserver.socket", "lacme-dns.socket")
+    # lacme-dns.socket listens only once lacme-dns.conf (its service's credential) exists.
+    box.write("/etc/lacme/lacme-dns.conf", "[example.test]\ncommand = /bin/false\n", mode=0o600)
+    try:
+        box.systemctl("enable", "--now", "lacme-accountd.socket", "lacme-client.socket",
+                      "lacme-webserver.socket", "lacme-dns.socket")
+    finally:
+        box.host_path("/etc/lacme/lacme-dns.conf").unlink()
     for sock, mode in (("/run/lacme/accountd.socket", "600"), ("/run/lacme/client.socket", "600"),
                        ("/run/lacme-www.socket", "666"), ("/run/lacme/dns.socket", "600")):
         out = box.run("stat", "--format=%U %a %F", sock).stdout.strip().split(maxsplit=2)
