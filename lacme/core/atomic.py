@@ -93,6 +93,32 @@ def fill_temporary(fd: int, data: bytes, mode: int, uid: int, gid: int) -> None:
     os.fsync(fd)
 
 
+def write_temporary(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid: int) -> str:
+    """A new, flushed temporary next to ``basename`` holding ``data``; its name.
+
+    Stale temporaries of ``basename`` are removed first; on a failure the
+    new one is removed too."""
+    remove_stale_temporaries(dir_fd, basename)
+    name, fd = create_temporary(dir_fd, basename)
+    try:
+        try:
+            fill_temporary(fd, data, mode, uid, gid)
+        finally:
+            os.close(fd)
+    except BaseException:
+        discard_temporary(dir_fd, name)
+        raise
+    return name
+
+
+def discard_temporary(dir_fd: int, name: str) -> None:
+    """Remove the temporary ``name`` if it is still there."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
 def open_directory(path: str) -> tuple[int, str]:
     """(descriptor of ``path``'s directory, its base name); one LacmeError naming ``path``."""
     directory, basename = os.path.split(path)
@@ -127,19 +153,11 @@ def replace_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1
 
 def replace_in(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     """The replacement proper, relative to an open directory."""
-    remove_stale_temporaries(dir_fd, basename)
-    name, fd = create_temporary(dir_fd, basename)
+    name = write_temporary(dir_fd, basename, data, mode, uid, gid)
     try:
-        try:
-            fill_temporary(fd, data, mode, uid, gid)
-        finally:
-            os.close(fd)
         os.rename(name, basename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        try:
-            os.unlink(name, dir_fd=dir_fd)
-        except OSError:
-            pass
+        discard_temporary(dir_fd, name)
         raise
     os.fsync(dir_fd)
 
@@ -156,19 +174,13 @@ def replace_files(items: Sequence[tuple[str, bytes]], mode: int, uid: int = -1,
         for path, data in items:
             dir_fd, basename = open_directory(path)
             try:
-                remove_stale_temporaries(dir_fd, basename)
-                name, fd = create_temporary(dir_fd, basename)
-            except OSError as e:
+                name = write_temporary(dir_fd, basename, data, mode, uid, gid)
+            except BaseException as e:
                 os.close(dir_fd)
-                raise LacmeError(f"{path}: {describe(e)}") from None
+                if isinstance(e, OSError):
+                    raise LacmeError(f"{path}: {describe(e)}") from None
+                raise
             staged.append((path, dir_fd, name, basename))
-            try:
-                try:
-                    fill_temporary(fd, data, mode, uid, gid)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                raise LacmeError(f"{path}: {describe(e)}") from None
         for path, dir_fd, name, basename in staged:
             try:
                 os.rename(name, basename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -181,10 +193,7 @@ def replace_files(items: Sequence[tuple[str, bytes]], mode: int, uid: int = -1,
                 raise LacmeError(f"{path}: directory: {describe(e)}") from None
     finally:
         for _path, dir_fd, name, _basename in staged:
-            try:  # gone once renamed; still there after a failure
-                os.unlink(name, dir_fd=dir_fd)
-            except OSError:
-                pass
+            discard_temporary(dir_fd, name)  # gone once renamed; still there after a failure
             os.close(dir_fd)
 
 
@@ -199,21 +208,13 @@ def create_file(path: str, data: bytes, mode: int, uid: int = -1, gid: int = -1)
 
 def create_in(dir_fd: int, basename: str, data: bytes, mode: int, uid: int, gid: int) -> bool:
     """The creation proper, relative to an open directory."""
-    remove_stale_temporaries(dir_fd, basename)
-    name, fd = create_temporary(dir_fd, basename)
+    name = write_temporary(dir_fd, basename, data, mode, uid, gid)
     try:
-        try:
-            fill_temporary(fd, data, mode, uid, gid)
-        finally:
-            os.close(fd)
         try:
             os.link(name, basename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError:
             return False
     finally:
-        try:
-            os.unlink(name, dir_fd=dir_fd)
-        except OSError:
-            pass
+        discard_temporary(dir_fd, name)
         os.fsync(dir_fd)
     return True
