@@ -45,6 +45,37 @@ class _PlainFormatter(logging.Formatter):
         return msg
 
 
+def _plain_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter())
+    return handler
+
+
+class _JournalOnDemand(logging.Handler):
+    """systemd-python's JournalHandler, loaded with the first record.
+
+    A component that logs nothing at its level in a run (the usual case
+    for all but the master) then never imports systemd.journal, about
+    1 MB of PSS per process.  Without systemd-python, plain lines go to
+    stderr, which the journal records too.
+    """
+
+    def __init__(self, identifier: str) -> None:
+        super().__init__()
+        self.identifier = identifier
+        self.target: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.target is None:
+            try:
+                from systemd.journal import JournalHandler
+            except ImportError:
+                self.target = _plain_handler()
+            else:
+                self.target = JournalHandler(SYSLOG_IDENTIFIER=self.identifier)
+        self.target.emit(record)
+
+
 def exit_now(code: int) -> NoReturn:
     """Flush the logs and standard streams, then exit at once (os._exit).
 
@@ -68,14 +99,7 @@ def setup(name: str, *, quiet: bool = False, debug: bool = False) -> logging.Log
     for h in list(root.handlers):
         root.removeHandler(h)
     level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
-    handler: logging.Handler
-    if under_journal():
-        from systemd.journal import JournalHandler  # only under systemd
-
-        handler = JournalHandler(SYSLOG_IDENTIFIER=name)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_PlainFormatter())
+    handler: logging.Handler = _JournalOnDemand(name) if under_journal() else _plain_handler()
     root.addHandler(handler)
     root.setLevel(level)
     return logging.getLogger(name)
