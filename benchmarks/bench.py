@@ -233,7 +233,7 @@ class Runner:
         try:
             offset = self.pebble.log_offset()
             excluded = self.services | ({web.pid} if web else set())
-            m = run_commands(commands, state / "run.log", excluded, adapter.outside())
+            m = run_commands(commands, state / "run.log", excluded, adapter.outside(), adapter.programs)
             requests = dict(sorted(self.pebble.requests_since(offset).items()))
         finally:
             if web:
@@ -243,7 +243,8 @@ class Runner:
         self.results.setdefault(scenario, {}).setdefault(adapter.name, []).append(record)
         status = f"FAILED {m.failed} (see {state}/run.log)" if m.failed else "ok"
         log(f"{scenario} {adapter.name:13} {m.wall:7.3f}s cpu {m.cpu:6.3f}s "
-            f"rss {m.rss_largest_kb // 1024}/{m.rss_tree_kb // 1024} MB pss {m.pss_tree_kb // 1024} MB "
+            f"rss {m.rss_largest_kb // 1024}/{m.rss_tree_kb // 1024} MB "
+            f"pss {m.pss_programs_kb // 1024}/{m.pss_tree_kb // 1024} MB "
             f"req {sum(requests.values())} {status}")
         return record
 

@@ -92,6 +92,10 @@ def fresh_dir(ctx: Context, client: str, label: str) -> Path:
     return path
 
 
+# this project's programs (measure.program_of's names), in either mode
+LACME_PROGRAMS = frozenset({"lacme", "lacme-accountd", "lacme-client", "lacme-webserver", "lacme-dns"})
+
+
 class Adapter:
     """Base: one client.  ``certs`` is a list of name lists, one per certificate."""
 
@@ -99,6 +103,7 @@ class Adapter:
     webroot = False  # needs the runner's static server on the http-01 port
     one_invocation = True  # several certificates in one invocation (S3, S5)
     renews = True  # has a renew/check command (S4)
+    programs: frozenset[str] | None = None  # its own programs, for their summed PSS (None: every process)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -212,6 +217,7 @@ class Lacme(LacmeFamily):
 
     name = "lacme"
     program = str(Path(sys.executable).with_name("lacme"))
+    programs = LACME_PROGRAMS
     register_args = ("--register", "--tos-agreed")
 
     def write_config(self, state: Path) -> None:

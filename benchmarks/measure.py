@@ -14,7 +14,11 @@ Per run it reports:
 * peak PSS summed over the same processes (Pss of smaps_rollup): the
   resident memory they hold together, each shared page (the interpreter,
   libcrypto, a module mapped by several processes) divided among its users
-  instead of counted once per process as summed RSS does.
+  instead of counted once per process as summed RSS does;
+* the same peak PSS summed over the client's own programs only (for lacme,
+  its five programs, as named by program_of): what the client holds, apart
+  from processes a run causes that are not the client's (nsenter into a
+  container, a systemd-run, systemd's fork of itself before a unit's exec).
 Both are sampled every SAMPLE_INTERVAL seconds from /proc: a process that
 lives less than the interval can be missed.  (ru_maxrss is not used: Linux
 carries the forking runner's own high-water mark over the exec.)
@@ -63,6 +67,7 @@ class Measurement:
     rss_largest_kb: int
     rss_tree_kb: int
     pss_tree_kb: int = 0
+    pss_programs_kb: int = 0  # the client's own programs (all of the tree when it names none)
     failed: str = ""  # the first command that exited with an unexpected code
     processes: tuple[tuple[str, int], ...] = ()  # (program, VmHWM kB), largest first
     cpu_parts: dict[str, float] = field(default_factory=dict)  # CPU s by origin, if split
@@ -175,14 +180,21 @@ def read_rss_kb(pid: int) -> tuple[int, int]:
 
 
 class TreeSampler(threading.Thread):
-    """Samples the summed RSS of the runner's descendants (minus services)."""
+    """Samples the summed RSS of the runner's descendants (minus services).
 
-    def __init__(self, excluded: set[int], outside: Outside | None = None) -> None:
+    ``programs``, if given, names the client's own programs (program_of):
+    pss_programs_peak_kb sums those alone, pss_peak_kb every process.
+    """
+
+    def __init__(self, excluded: set[int], outside: Outside | None = None,
+                 programs: frozenset[str] | None = None) -> None:
         super().__init__(daemon=True)
         self.excluded = excluded
         self.outside = outside
+        self.programs = programs
         self.peak_kb = 0
         self.pss_peak_kb = 0
+        self.pss_programs_peak_kb = 0
         self.largest_kb = 0
         self.by_pid: dict[int, tuple[str, int]] = {}  # pid -> (program, VmHWM kB)
         self._done = threading.Event()
@@ -199,13 +211,20 @@ class TreeSampler(threading.Thread):
             if self.outside is not None:
                 pids |= self.outside.pids()
             sizes = []
+            pss_all = pss_own = 0
             for pid in pids:
                 rss, hwm = read_rss_kb(pid)
                 sizes.append((rss, hwm))
+                program = program_of(pid, self.by_pid)
                 if hwm:
-                    self.by_pid[pid] = (program_of(pid, self.by_pid), hwm)
+                    self.by_pid[pid] = (program, hwm)
+                pss = read_pss_kb(pid)
+                pss_all += pss
+                if self.programs is None or program in self.programs:
+                    pss_own += pss
             self.peak_kb = max(self.peak_kb, sum(rss for rss, _ in sizes))
-            self.pss_peak_kb = max(self.pss_peak_kb, sum(read_pss_kb(pid) for pid in pids))
+            self.pss_peak_kb = max(self.pss_peak_kb, pss_all)
+            self.pss_programs_peak_kb = max(self.pss_programs_peak_kb, pss_own)
             self.largest_kb = max([self.largest_kb] + [hwm for _, hwm in sizes])
             self._done.wait(SAMPLE_INTERVAL)
 
@@ -235,7 +254,8 @@ def orphan_pids(excluded: set[int]) -> list[int]:
 
 
 def run_commands(commands: Sequence[Command], log_path: Path, excluded: set[int],
-                 outside: Outside | None = None) -> Measurement:
+                 outside: Outside | None = None,
+                 programs: frozenset[str] | None = None) -> Measurement:
     """Run ``commands`` in order (stop at the first unexpected exit code) and measure them.
 
     With ``outside``, its processes count too: sampled with the tree until
@@ -243,7 +263,7 @@ def run_commands(commands: Sequence[Command], log_path: Path, excluded: set[int]
     from before the first fork to after ``settle`` (not part of the wall time,
     and not sampled: what settle runs to wait is not the run's).
     """
-    sampler = TreeSampler(excluded, outside)
+    sampler = TreeSampler(excluded, outside, programs)
     cpu = 0.0
     failed = ""
     with open(log_path, "ab") as log:
@@ -284,4 +304,5 @@ def run_commands(commands: Sequence[Command], log_path: Path, excluded: set[int]
         processes = tuple(sorted(sampler.by_pid.values(), key=lambda p: -p[1])[:8])
         log.write(f"# wall {wall:.3f}s cpu {cpu:.3f}s {parts or ''} {failed}\n".encode())
     return Measurement(wall=wall, cpu=cpu, rss_largest_kb=largest, rss_tree_kb=tree_peak,
-                       pss_tree_kb=sampler.pss_peak_kb, failed=failed, processes=processes, cpu_parts=parts)
+                       pss_tree_kb=sampler.pss_peak_kb,
+                       pss_programs_kb=sampler.pss_programs_peak_kb, failed=failed, processes=processes, cpu_parts=parts)

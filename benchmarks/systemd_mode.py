@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from clients import Context, LacmeFamily, clean_env, write_pem_key
+from clients import LACME_PROGRAMS, Context, LacmeFamily, clean_env, write_pem_key
 from measure import Command
 
 from tests.systemd.box import VENV, Box, boot_box
@@ -144,6 +144,7 @@ class LacmeSystemd(LacmeFamily):
 
     name = "lacme-systemd"
     program = f"{VENV}/bin/lacme"
+    programs = LACME_PROGRAMS
     register_args = ("--register", "--tos-agreed")
 
     def __init__(self, ctx: Context) -> None:
