@@ -71,6 +71,7 @@ class Measurement:
     failed: str = ""  # the first command that exited with an unexpected code
     processes: tuple[tuple[str, int], ...] = ()  # (program, VmHWM kB), largest first
     cpu_parts: dict[str, float] = field(default_factory=dict)  # CPU s by origin, if split
+    pss_by_program_kb: dict[str, int] = field(default_factory=dict)  # at the own-programs peak
 
 
 class Outside(Protocol):
@@ -195,6 +196,7 @@ class TreeSampler(threading.Thread):
         self.peak_kb = 0
         self.pss_peak_kb = 0
         self.pss_programs_peak_kb = 0
+        self.pss_by_program_kb: dict[str, int] = {}  # PSS by program in the sample of that peak
         self.largest_kb = 0
         self.by_pid: dict[int, tuple[str, int]] = {}  # pid -> (program, VmHWM kB)
         self._done = threading.Event()
@@ -212,6 +214,7 @@ class TreeSampler(threading.Thread):
                 pids |= self.outside.pids()
             sizes = []
             pss_all = pss_own = 0
+            by_program: dict[str, int] = {}
             for pid in pids:
                 rss, hwm = read_rss_kb(pid)
                 sizes.append((rss, hwm))
@@ -220,11 +223,14 @@ class TreeSampler(threading.Thread):
                     self.by_pid[pid] = (program, hwm)
                 pss = read_pss_kb(pid)
                 pss_all += pss
+                by_program[program] = by_program.get(program, 0) + pss
                 if self.programs is None or program in self.programs:
                     pss_own += pss
             self.peak_kb = max(self.peak_kb, sum(rss for rss, _ in sizes))
             self.pss_peak_kb = max(self.pss_peak_kb, pss_all)
-            self.pss_programs_peak_kb = max(self.pss_programs_peak_kb, pss_own)
+            if pss_own > self.pss_programs_peak_kb:
+                self.pss_programs_peak_kb = pss_own
+                self.pss_by_program_kb = by_program
             self.largest_kb = max([self.largest_kb] + [hwm for _, hwm in sizes])
             self._done.wait(SAMPLE_INTERVAL)
 
@@ -305,4 +311,7 @@ def run_commands(commands: Sequence[Command], log_path: Path, excluded: set[int]
         log.write(f"# wall {wall:.3f}s cpu {cpu:.3f}s {parts or ''} {failed}\n".encode())
     return Measurement(wall=wall, cpu=cpu, rss_largest_kb=largest, rss_tree_kb=tree_peak,
                        pss_tree_kb=sampler.pss_peak_kb,
-                       pss_programs_kb=sampler.pss_programs_peak_kb, failed=failed, processes=processes, cpu_parts=parts)
+                       pss_programs_kb=sampler.pss_programs_peak_kb,
+                       pss_by_program_kb=dict(sorted(sampler.pss_by_program_kb.items(),
+                                                     key=lambda item: -item[1])),
+                       failed=failed, processes=processes, cpu_parts=parts)

@@ -59,6 +59,17 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
+def pss_by_program(runs: list[dict]) -> str:
+    """Where the worst run's PSS peak goes, program by program ("" if not recorded)."""
+    worst = max((r for r in runs if not r.get("failed") and r.get("pss_by_program_kb")),
+                key=lambda r: r.get("pss_programs_kb", 0), default=None)
+    if worst is None:
+        return ""
+    parts = [f"{name} {kb / 1024:.1f}" for name, kb in worst["pss_by_program_kb"].items()
+             if kb >= 512]
+    return "at the peak of the worst run, MB: " + ", ".join(parts)
+
+
 def pss_cell(s: dict) -> str:
     """Peak summed PSS, MB: the client's own programs / every process of the run."""
     return f"{s.get('pss_programs_mb_max', 0):.0f} / {s.get('pss_tree_mb_max', 0):.0f}"
@@ -184,6 +195,7 @@ def targets(summary: dict, ratios: dict, results: dict, notes: dict, us: str = U
     add("Memory", "summed PSS of all components <= 60 MB in S3", pss,
         None if pss is None else pss <= 60,
         "; ".join(part for part in (
+            pss_by_program(results.get("S3", {}).get(us, [])),
             f"with the processes that are not lacme's (nsenter, systemd-run, systemd before "
             f"a unit's exec): {tree:.1f} MB" if tree and pss is not None and tree > pss else "",
             f"summed RSS (shared pages once per process): {mem:.1f} MB" if mem else "") if part))
