@@ -28,6 +28,11 @@ class ReportedError(LacmeError):
     the program exits with ``exit_code`` and logs it only when debugging."""
 
 
+class OutcomeUnknown(LacmeError):
+    """A change was sent but its answer never came back: the peer may have
+    applied it.  Whoever sent it keeps it on the list of what to undo."""
+
+
 class UsageError(LacmeError):
     """Bad command line."""
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from lacme.config.dns import DnsConfig, Zone
-from lacme.core.errors import LacmeError
+from lacme.core.errors import LacmeError, OutcomeUnknown
 from lacme.protocol.dns01 import check_record
 
 log = logging.getLogger("lacme-dns")
@@ -26,21 +28,38 @@ HOOK_TIMEOUT = 60.0
 
 
 def run_hook(zone: Zone, action: str, name: str, value: str) -> None:
-    """``command add|del FQDN VALUE``; a non-zero exit is the first line it wrote."""
+    """``command add|del FQDN VALUE``; a non-zero exit is the first line it wrote.
+
+    The hook runs in a process group of its own: at HOOK_TIMEOUT the whole
+    group is killed (a child that kept the output pipe open would keep us
+    waiting), and the record may have been changed (OutcomeUnknown).
+    """
     assert zone.command is not None
     try:
-        done = subprocess.run([zone.command, action, name, value], stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=HOOK_TIMEOUT, env=dict(os.environ))
-    except subprocess.TimeoutExpired:
-        raise LacmeError(f"zone {zone.name}: {zone.command} {action} {name}: no exit "
-                         f"after {HOOK_TIMEOUT:g}s") from None
+        hook = subprocess.Popen([zone.command, action, name, value], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(os.environ), start_new_session=True)
     except OSError as exc:
         raise LacmeError(f"zone {zone.name}: {zone.command}: {exc.strerror or exc}") from None
-    if done.returncode != 0:
-        lines = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+    with hook:
+        try:
+            out, err = hook.communicate(timeout=HOOK_TIMEOUT)
+        except BaseException as exc:  # the time limit, or SIGTERM: the hook goes too
+            try:
+                os.killpg(hook.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            hook.communicate()
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            raise OutcomeUnknown(f"zone {zone.name}: {zone.command} {action} {name}: no exit "
+                                 f"after {HOOK_TIMEOUT:g}s (stopped; the record may have been "
+                                 f"{'added' if action == 'add' else 'deleted'})") from None
+    if hook.returncode != 0:
+        lines = (err or out).decode(errors="replace").strip().splitlines()
         why = lines[0][:200] if lines else "no message"
         raise LacmeError(f"zone {zone.name}: {zone.command} {action} {name}: exit status "
-                         f"{done.returncode}: {why}")
+                         f"{hook.returncode}: {why}")
 
 
 class Publisher:
@@ -98,17 +117,34 @@ class Publisher:
                 for owner, value in deletes:
                     run_hook(zone, "del", owner, value)
                 for index, (owner, value) in enumerate(adds):
-                    run_hook(zone, "add", owner, value)
-                    self.written.update(mine[index:index + 1])
+                    with self._writing(mine[index:index + 1]):
+                        run_hook(zone, "add", owner, value)
             else:  # one UPDATE: all of it is applied, or none (RFC 2136 3.4)
-                send_update(zone, adds, deletes, self.cfg.ttl)
-                self.written.update(mine)
+                with self._writing(mine):
+                    send_update(zone, adds, deletes, self.cfg.ttl)
             log.info("zone %s: %d added, %d deleted", zone.name, len(adds), len(deletes))
         self.written.difference_update(delete)
         if wait and add:
             waited = {zone: items[0] for zone, items in by_zone.items()
                       if items[0] and (zone.command is None or zone.check)}
             wait_for_records(waited, self.cfg.timeout)
+
+    @contextmanager
+    def _writing(self, records: Sequence[tuple[str, str]]) -> Iterator[None]:
+        """Count ``records`` as written from before they are sent.  Only a
+        write that certainly failed takes them off again: one whose outcome is
+        unknown (OutcomeUnknown, SIGTERM) is deleted with the rest at the end
+        (deleting a TXT record that is not there changes nothing, RFC 2136
+        3.4.2.4)."""
+        new = [r for r in records if r not in self.written]
+        self.written.update(new)
+        try:
+            yield
+        except OutcomeUnknown:
+            raise
+        except LacmeError:
+            self.written.difference_update(new)
+            raise
 
     def holds(self, records: Sequence[tuple[str, str]]) -> bool:
         """Whether any of ``records`` was written by this connection and is still there."""

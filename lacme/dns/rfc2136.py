@@ -27,7 +27,7 @@ import dns.tsig
 import dns.update
 
 from lacme.config.dns import DnsConfig, Server, Zone
-from lacme.core.errors import LacmeError
+from lacme.core.errors import LacmeError, OutcomeUnknown
 
 QUERY_TIMEOUT = 5.0
 MAX_CNAME = 8
@@ -51,15 +51,26 @@ def quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+class Unanswered(Exception):
+    """The message was sent whole, and no answer came back (the cause says why)."""
+
+
 def describe_failure(zone: Zone, exc: BaseException) -> str:
     where = f"zone {zone.name}: {zone.server}"
+    if isinstance(exc, Unanswered):
+        cause = exc.__cause__
+        if isinstance(cause, TimeoutError):
+            why = f"no answer within {QUERY_TIMEOUT:.0f}s"
+        elif isinstance(cause, (EOFError, ConnectionResetError)):
+            why = "connection closed by the server before its answer"
+        else:
+            why = str(getattr(cause, "strerror", None) or cause)
+        return f"{where}: {why} (the update may have been applied)"
     for kind, text in _TSIG_ERRORS.items():
         if isinstance(exc, kind):
             return f"{where}: TSIG key {zone.key_name} refused: {text}"
     if isinstance(exc, (dns.exception.Timeout, TimeoutError)):
         return f"{where}: no answer within {QUERY_TIMEOUT:.0f}s"
-    if isinstance(exc, EOFError):
-        return f"{where}: {exc}"
     if isinstance(exc, ConnectionRefusedError):
         return f"{where}: connection refused (is the server running?)"
     if isinstance(exc, OSError):
@@ -82,6 +93,8 @@ def send_update(zone: Zone, add: Sequence[tuple[str, str]], delete: Sequence[tup
         raise LacmeError(f"zone {zone.name}: cannot write the UPDATE: {exc}") from None
     try:
         data = exchange_tcp(update, zone.server)
+    except Unanswered as exc:  # the server may have applied it (RFC 2136 3.4): undo it later
+        raise OutcomeUnknown(describe_failure(zone, exc)) from None
     except (dns.exception.DNSException, OSError) as exc:
         raise LacmeError(describe_failure(zone, exc)) from None
     # The header's rcode first: a server that refuses the zone answers unsigned.
@@ -104,15 +117,20 @@ def send_update(zone: Zone, add: Sequence[tuple[str, str]], delete: Sequence[tup
 
 
 def exchange_tcp(message: dns.message.Message, server: Server) -> bytes:
-    """One message out over TCP (RFC 1035 4.2.2), the raw answer back."""
+    """One message out over TCP (RFC 1035 4.2.2), the raw answer back.
+    Unanswered once the whole message is sent: a server applies only a whole
+    message, so a failure before that leaves the zone as it was."""
     import socket
     import struct
 
     wire = message.to_wire()
     with socket.create_connection((server.host, server.port), timeout=QUERY_TIMEOUT) as sock:
         sock.sendall(struct.pack("!H", len(wire)) + wire)
-        head = _read_exactly(sock, 2)
-        return _read_exactly(sock, struct.unpack("!H", head)[0])
+        try:
+            head = _read_exactly(sock, 2)
+            return _read_exactly(sock, struct.unpack("!H", head)[0])
+        except (EOFError, OSError) as exc:
+            raise Unanswered() from exc
 
 
 def _read_exactly(sock: object, size: int) -> bytes:
