@@ -1,11 +1,13 @@
-"""A write whose answer never comes back may have been applied: lacme-dns
-removes it anyway (no stale record), against a real Knot.
+"""lacme-dns leaves no record behind, against a real Knot, even when a write's
+answer never comes back (it may have been applied) or the allowed names change.
 
 * An RFC 2136 UPDATE reaches Knot, which applies it, but the answer is lost
   (a relay in front of Knot closes the connection instead of passing the
   answer on, as a crashed front end or a reset would).  lacme-dns says the
   update failed, and that it may be in the zone (``written``), and deletes
   it when the connection ends.
+* What a connection wrote is deleted at its end even if the master's last
+  ``allow`` named other names.
 * A provider hook that adds the record and then hangs (its child keeps the
   output pipe open) is stopped with its whole process group at the hook
   timeout, and its record is deleted by the ``del`` call at the end.
@@ -13,8 +15,10 @@ removes it anyway (no stale record), against a real Knot.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -125,6 +129,24 @@ def test_an_update_whose_answer_is_lost_is_deleted_at_the_end(knot: Knot, tmp_pa
         assert knot.all_txt() == {}, "the record was removed when the connection ended"
     finally:
         relay.close()
+
+
+def test_what_was_written_is_deleted_whatever_the_last_allow(knot: Knot, tmp_path: Path) -> None:
+    conf = tmp_path / "lacme-dns.conf"
+    conf.write_text(f"timeout = 10\n[{ZONE}]\nserver = {knot.address}\nkey-name = {KEY_NAME}\n"
+                    f"key-secret = {knot.secret}\ncheck = {knot.address}\n")
+    dns = LacmeDns(conf, stderr=subprocess.PIPE)
+    assert dns.update([name("h03")])["ok"] is True  # allow [h03], add its record
+    dns.send(type="allow", names=[name("h04")])  # h03 is no longer allowed
+    owner = f"_acme-challenge.{name('h03')}"
+    dns.send(type="update", id=2, wait=False, delete=[],
+             add=[{"name": owner, "value": "B" * 42 + "E"}])
+    answer = json.loads(dns.rfile.readline())
+    assert answer["ok"] is False and "refused" in answer["message"], "h03 is no longer allowed"
+    assert knot.txt(owner) == {DIGEST}
+    assert dns.close() == 0
+    assert knot.all_txt() == {}
+    assert dns.process.stderr is not None and dns.process.stderr.read() == b""
 
 
 HANGING_HOOK = """#!/bin/sh

@@ -30,7 +30,7 @@ from tests.lacmeenv import TREE_ROOT
 DIGEST = "A" * 42 + "E"
 # Loopback addresses of this module, for port 53 (where NS addresses are asked).
 _NET = f"127.53.{random.randrange(1, 255)}"
-NS1, NS2 = f"{_NET}.1", f"{_NET}.2"
+NS1, NS2, NS3 = f"{_NET}.1", f"{_NET}.2", f"{_NET}.3"
 ZONE, LAGGING_ZONE = "example.test", "acme.example.net"
 
 
@@ -55,7 +55,7 @@ def lagging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Knot]:
 class LacmeDns:
     """lacme-dns on one connection, as the master starts it."""
 
-    def __init__(self, conf: Path) -> None:
+    def __init__(self, conf: Path, stderr: int | None = None) -> None:
         self.sock, theirs = socket.socketpair()
         env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "dns",
                "PYTHONPATH": str(TREE_ROOT), "TEST_FD": str(theirs.fileno())}
@@ -63,7 +63,8 @@ class LacmeDns:
                 "os.environ['LISTEN_PID'] = str(os.getpid()); from lacme.dns.main import main; "
                 "raise SystemExit(main(sys.argv[1:]))")
         self.process = subprocess.Popen([sys.executable, "-c", code, f"--config={conf}",
-                                         "--quiet"], env=env, pass_fds=(theirs.fileno(),))
+                                         "--quiet"], env=env, pass_fds=(theirs.fileno(),),
+                                        stderr=stderr)
         theirs.close()
         self.rfile = self.sock.makefile("rb")
 
@@ -160,3 +161,27 @@ def test_records_beyond_dns_bounds_are_one_line_and_lacme_dns_goes_on(primary: K
     assert dns.update([name("www")])["ok"] is True, "the connection still serves"
     assert dns.close() == 0
     assert primary.all_txt() == {}
+
+
+def test_an_ns_host_without_an_address_is_named_once_per_connection(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """One NS of the zone is a name outside it (its address is not in the
+    zone): the records are awaited on the NS that has one, and a warning
+    names the other, once for the connection's two batches (the servers are
+    looked up once per connection)."""
+    knot = start_knot(tmp_path_factory.mktemp("knot-outside-ns"), (ZONE,),
+                      records={ZONE: ["@ NS ns.elsewhere.example."]}, ns={ZONE: (NS3,)},
+                      also_listen=(f"{NS3}@53",))
+    try:
+        dns = LacmeDns(write_conf(tmp_path, knot, ZONE, timeout=10), stderr=subprocess.PIPE)
+        assert dns.update([name("h01")])["ok"] is True
+        assert dns.update([name("h02")])["ok"] is True
+        assert dns.close() == 0
+        assert knot.all_txt() == {}
+        assert dns.process.stderr is not None
+        err = dns.process.stderr.read().decode()
+        assert err == (f"warning: zone {ZONE}: {knot.address} gives no address for NS "
+                       "ns.elsewhere.example: the records are not awaited there; set check "
+                       "to name the servers\n")
+    finally:
+        knot.stop()

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from lacme.config.dns import DnsConfig, Zone
+from lacme.config.dns import DnsConfig, Server, Zone
 from lacme.core.errors import LacmeError, OutcomeUnknown
 from lacme.protocol.dns01 import check_record
 
@@ -71,6 +71,7 @@ class Publisher:
         self.allowed: frozenset[str] = frozenset()
         self.written: set[tuple[str, str]] = set()  # (requested name, value) added, not deleted
         self._targets: dict[str, tuple[Zone, str]] = {}
+        self._servers: dict[Zone, Sequence[Server]] = {}  # asked once per connection
 
     def allow(self, names: Sequence[str]) -> None:
         self.allowed = frozenset(n for n in names if isinstance(n, str))
@@ -99,7 +100,10 @@ class Publisher:
             raise LacmeError(self.error)
         # A persistent batch adds dns-persist-01 records only; what is deleted
         # is always a challenge record (a persistent one is removed by hand).
-        checks = [*((r, persistent) for r in add), *((r, False) for r in delete)]
+        # Deleting what this connection wrote needs no check again: it passed
+        # when written, and the names allowed since then may be others.
+        checks = [*((r, persistent) for r in add),
+                  *((r, False) for r in delete if r not in self.written)]
         for (name, value), kept in checks:
             why = check_record(name, value, self.allowed, persistent=kept)
             if why is not None:
@@ -127,7 +131,15 @@ class Publisher:
         if wait and add:
             waited = {zone: items[0] for zone, items in by_zone.items()
                       if items[0] and (zone.command is None or zone.check)}
-            wait_for_records(waited, self.cfg.timeout)
+            wait_for_records(waited, self.cfg.timeout, self.servers)
+
+    def servers(self, zone: Zone) -> Sequence[Server]:
+        """The servers a zone's records are awaited on, found once per connection."""
+        if zone not in self._servers:
+            from lacme.dns.rfc2136 import zone_servers
+
+            self._servers[zone] = zone_servers(zone)
+        return self._servers[zone]
 
     @contextmanager
     def _writing(self, records: Sequence[tuple[str, str]]) -> Iterator[None]:

@@ -13,8 +13,9 @@ server answers it.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import dns.exception
 import dns.flags
@@ -28,6 +29,8 @@ import dns.update
 
 from lacme.config.dns import DnsConfig, Server, Zone
 from lacme.core.errors import LacmeError, OutcomeUnknown
+
+log = logging.getLogger("lacme-dns")
 
 QUERY_TIMEOUT = 5.0
 MAX_CNAME = 8
@@ -167,29 +170,47 @@ def txt_values(server: Server, name: str, timeout: float = QUERY_TIMEOUT) -> set
 
 def zone_servers(zone: Zone) -> tuple[Server, ...]:
     """Where to check propagation: ``check``, or the addresses of the zone's
-    NS records as its primary serves them (port 53)."""
+    NS records as its primary serves them (port 53).  An NS host the primary
+    gives no address for (a name outside the zone, say) cannot be asked: a
+    warning names it, and ``check`` is how to name its address."""
     if zone.check:
         return zone.check
     if zone.server is None:
         return ()
-    servers: list[Server] = []
     try:
         ns = query(zone.server, zone.name, "NS")
-        hosts = [r.target.to_text() for rrset in ns.answer if rrset.rdtype == dns.rdatatype.NS
-                 for r in rrset]
-        for host in hosts:
-            for rdtype in ("A", "AAAA"):
-                for rrset in query(zone.server, host, rdtype).answer:
-                    servers += [Server(r.address) for r in rrset if hasattr(r, "address")]
-    except (dns.exception.DNSException, OSError):
-        pass
+    except (dns.exception.DNSException, OSError) as exc:
+        log.warning("%s (asking for the NS records): the records are awaited there "
+                    "alone; set check to name the servers", describe_failure(zone, exc))
+        return (zone.server,)
+    hosts = [r.target.to_text() for rrset in ns.answer if rrset.rdtype == dns.rdatatype.NS
+             for r in rrset]
+    servers: list[Server] = []
+    unknown: list[str] = []
+    for host in hosts:
+        found: list[Server] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = query(zone.server, host, rdtype)
+            except (dns.exception.DNSException, OSError):
+                continue
+            found += [Server(r.address) for rrset in answer.answer for r in rrset
+                      if hasattr(r, "address")]
+        servers += found
+        if not found:
+            unknown.append(host.rstrip("."))
+    if unknown:
+        log.warning("zone %s: %s gives no address for NS %s: the records are not awaited "
+                    "there; set check to name the servers", zone.name, zone.server,
+                    ", ".join(unknown))
     return tuple(dict.fromkeys(servers)) or (zone.server,)
 
 
-def wait_for_records(records: Mapping[Zone, Iterable[tuple[str, str]]], timeout: float) -> None:
+def wait_for_records(records: Mapping[Zone, Iterable[tuple[str, str]]], timeout: float,
+                     servers: Callable[[Zone], Sequence[Server]] = zone_servers) -> None:
     """Until every server of each zone serves each record; one bound for all."""
     pending = {(server, name, value) for zone, items in records.items()
-               for server in zone_servers(zone) for name, value in items}
+               for server in servers(zone) for name, value in items}
     deadline = time.monotonic() + timeout
     delay = 0.05
     while pending:
