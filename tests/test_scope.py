@@ -35,6 +35,7 @@ scopes = st.builds(
     operations=st.frozensets(st.sampled_from(sc.OPERATIONS)),
     identifiers=identifiers,
     csr_digests=st.frozensets(st.binary(min_size=1, max_size=8).map(sc.digest), max_size=3),
+    profiles=st.frozensets(st.text(min_size=1, max_size=12), max_size=3),
     contact=st.lists(st.from_regex(r"mailto:[a-z]{1,6}@example\.org", fullmatch=True), max_size=2).map(tuple),
     tos=st.booleans(),
     certificates=st.frozensets(st.tuples(st.binary(min_size=1, max_size=8).map(sc.digest),
@@ -58,7 +59,7 @@ def test_parse_scope_refuses_or_parses_any_octets(data):
 
 
 @given(st.dictionaries(st.sampled_from(["lacme-scope", "operations", "identifiers", "csr-digests",
-                                        "contact", "tos", "certificates", "origin", "x"]),
+                                        "profiles", "contact", "tos", "certificates", "origin", "x"]),
                        json_values, max_size=6))
 def test_parse_scope_refuses_malformed_members(obj):
     obj.setdefault("lacme-scope", 1)
@@ -91,6 +92,8 @@ def test_classify_never_raises(body, with_jwk):
     (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "status": "deactivated"}, sc.OTHER),
     (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "profile": "p", "replaces": "r"},
      sc.NEW_ORDER),
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "profile": ""}, sc.OTHER),
+    (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "profile": ["p"]}, sc.OTHER),
     # a validity the master did not ask for (a certificate expiring in minutes)
     (KID, {"identifiers": [{"type": "dns", "value": "a.example"}], "notAfter": "2026-01-01T00:05:00Z"},
      sc.OTHER),
@@ -123,6 +126,32 @@ def test_new_order_covered_exactly_for_a_subset_of_the_scope(allowed, asked):
     scope = sc.Scope(operations=frozenset({sc.NEW_ORDER}), identifiers=allowed)
     op = sc.classify(KID, {"identifiers": [{"type": t, "value": v} for t, v in sorted(asked)]})
     assert (sc.refusal(scope, op) is None) == (bool(asked) and asked <= allowed)
+
+
+@given(st.frozensets(st.sampled_from(["classic", "shortlived", "tlsserver"]), max_size=2),
+       st.none() | st.sampled_from(["classic", "shortlived", "tlsserver"]))
+def test_new_order_only_with_a_profile_of_the_scope_or_none(allowed, asked):
+    """The profile decides what the CA issues: a client may not pick another
+    one than the configuration's (none, the CA's default, is always allowed)."""
+    scope = sc.Scope(operations=frozenset({sc.NEW_ORDER}), identifiers=frozenset({("dns", "a.example")}),
+                     profiles=allowed)
+    body = {"identifiers": [{"type": "dns", "value": "a.example"}],
+            **({"profile": asked} if asked else {})}
+    why = sc.refusal(scope, sc.classify(KID, body))
+    if asked is None or asked in allowed:
+        assert why is None
+    else:
+        assert why == f"newOrder with profile {asked}, not in the scope"
+
+
+def test_the_orders_scope_lists_the_configured_profiles():
+    from lacme.master.scoping import orders_scope
+
+    scope = orders_scope("https://ca.example/dir", [(["a.example"], CSR), (["b.example"], CSR)],
+                         ["shortlived", ""])
+    assert scope.profiles == {"shortlived"}
+    assert sc.parse_scope(sc.encode_scope(scope)).profiles == {"shortlived"}
+    assert orders_scope("https://ca.example/dir", [(["a.example"], CSR)]).profiles == frozenset()
 
 
 def test_names_compare_without_case():

@@ -210,7 +210,8 @@ class ClientSession:
             for sid, names, csr in orders
         ]
         results: dict[str, bool | str] = {o["id"]: "no answer from the ACME client" for o in payload}
-        self._hello(orders_scope(self.cfg.client.server, [(names, csr) for _, names, csr in orders]))
+        self._hello(orders_scope(self.cfg.client.server, [(names, csr) for _, names, csr in orders],
+                                 [str(o["profile"]) for o in payload if o.get("profile")]))
         assert self.gate is not None
         self.gate.open([(i["type"], i["value"]) for o in payload for i in o["identifiers"]])
         self.channel.send(control.encode_message("orders", orders=payload))

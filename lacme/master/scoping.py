@@ -106,9 +106,11 @@ def _origin(server: str) -> str | None:
         return None
 
 
-def orders_scope(server: str, orders: Iterable[tuple[Sequence[str | tuple[str, str]], bytes]]) -> sc.Scope:
-    """newOrder for these identifiers (a DNS name, or a (type, value)), finalize with these
-    CSRs (an empty one, as dns-persist's: no finalize for that order)."""
+def orders_scope(server: str, orders: Iterable[tuple[Sequence[str | tuple[str, str]], bytes]],
+                 profiles: Iterable[str] = ()) -> sc.Scope:
+    """newOrder for these identifiers (a DNS name, or a (type, value)), with one
+    of these ACME profiles or none, finalize with these CSRs (an empty one, as
+    dns-persist's: no finalize for that order)."""
     identifiers: set[tuple[str, str]] = set()
     digests: set[str] = set()
     for names, csr in orders:
@@ -117,7 +119,8 @@ def orders_scope(server: str, orders: Iterable[tuple[Sequence[str | tuple[str, s
         if csr:
             digests.add(sc.digest(csr))
     return sc.Scope(origin=_origin(server), operations=frozenset({sc.NEW_ORDER}),
-                    identifiers=frozenset(identifiers), csr_digests=frozenset(digests))
+                    identifiers=frozenset(identifiers), csr_digests=frozenset(digests),
+                    profiles=frozenset(p for p in profiles if p))
 
 
 def account_scope(server: str, fields: dict[str, Any]) -> sc.Scope:

@@ -10,6 +10,7 @@ the grammar in ``lacme.protocol.wire``)::
      "operations": ["newOrder"],
      "identifiers": [{"type": "dns", "value": "www.example.org"}],
      "csr-digests": [b64u(SHA-256(CSR DER))],
+     "profiles": ["shortlived"],                  (newOrder's profile, if any)
      "contact": ["mailto:..."], "tos": true,                 (account commands)
      "certificates": [{"digest": b64u(SHA-256(DER)), "reason": 4}]}   (revokeCert)
 
@@ -81,6 +82,7 @@ class Operation(NamedTuple):
     contact: tuple[str, ...] = ()
     tos: bool = False
     binding: tuple[str, str] | None = None  # newAccount: its binding's (alg, kid), ("", "") unreadable
+    profile: str = ""  # newOrder: the ACME profile asked for ("" none)
 
     def describe(self) -> str:
         if self.identifiers:
@@ -95,6 +97,7 @@ class Scope(Record):
     operations: frozenset[str] = frozenset()
     identifiers: frozenset[tuple[str, str]] = frozenset()
     csr_digests: frozenset[str] = frozenset()
+    profiles: frozenset[str] = frozenset()  # a newOrder may name one of these, or none
     contact: tuple[str, ...] = ()
     tos: bool = False
     certificates: frozenset[tuple[str, int | None]] = frozenset()
@@ -154,6 +157,8 @@ def encode_scope(scope: Scope) -> bytes:
         obj["identifiers"] = [{"type": t, "value": v} for t, v in sorted(scope.identifiers)]
     if scope.csr_digests:
         obj["csr-digests"] = sorted(scope.csr_digests)
+    if scope.profiles:
+        obj["profiles"] = sorted(scope.profiles)
     if scope.contact:
         obj["contact"] = list(scope.contact)
     if scope.tos:
@@ -174,7 +179,7 @@ def parse_scope(line: bytes) -> Scope:
     if obj.get(SCOPE_MEMBER) != SCOPE_VERSION:
         raise Refused(f"scope: {SCOPE_MEMBER} is not {SCOPE_VERSION}")
     unknown = sorted(set(obj) - {SCOPE_MEMBER, "origin", "operations", "identifiers", "csr-digests",
-                                 "contact", "tos", "certificates"})
+                                 "profiles", "contact", "tos", "certificates"})
     if unknown:
         raise Refused(f"scope: unknown member {unknown[0]!r}")
     operations = _strings(obj.get("operations", []), "operations")
@@ -192,6 +197,7 @@ def parse_scope(line: bytes) -> Scope:
         operations=frozenset(operations),
         identifiers=frozenset(_identifiers(obj.get("identifiers", []), "scope: identifiers")),
         csr_digests=frozenset(_strings(obj.get("csr-digests", []), "csr-digests")),
+        profiles=frozenset(_strings(obj.get("profiles", []), "profiles")),
         contact=tuple(_strings(obj.get("contact", []), "contact")),
         tos=tos,
         certificates=frozenset(_certificates(obj.get("certificates", []))),
@@ -265,11 +271,14 @@ def classify(header: dict, body: dict | None, *, new_jwk: dict | None = None) ->
     if members <= _JWS_MEMBERS and "signature" in members:
         return Operation(KEY_CHANGE, digest=_inner_key(body["protected"] if "protected" in members else None))
     if "identifiers" in members and members <= _ORDER_MEMBERS:
+        profile = body.get("profile", "")
+        if not isinstance(profile, str) or ("profile" in members and not profile):
+            return Operation(OTHER)
         try:
             idents = frozenset(_identifiers(body["identifiers"], "newOrder identifiers"))
         except Refused:
             return Operation(OTHER)
-        return Operation(NEW_ORDER, identifiers=idents)
+        return Operation(NEW_ORDER, identifiers=idents, profile=profile)
     if members == {"csr"}:
         return Operation(FINALIZE, digest=_der_digest(body["csr"]))
     if "certificate" in members:
@@ -373,6 +382,11 @@ def refusal(scope: Scope, op: Operation) -> str | None:
         extra = sorted(v for _, v in op.identifiers - scope.identifiers)
         if extra:
             return f"newOrder for {show_names(extra)}, not in the scope"
+        # The profile decides what the CA issues (its lifetime, its usages):
+        # only one the configuration asked for.  None is the CA's default,
+        # what a section without a profile gets.
+        if op.profile and op.profile not in scope.profiles:
+            return f"newOrder with profile {show_names([op.profile])}, not in the scope"
     elif op.kind == FINALIZE and op.digest not in scope.csr_digests:
         return "finalize with a CSR that is not in the scope"
     elif op.kind in (NEW_ACCOUNT, UPDATE_ACCOUNT) and sorted(op.contact) != sorted(scope.contact):

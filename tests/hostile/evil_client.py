@@ -120,6 +120,13 @@ def new_order(session: AcmeSession, **_: Any) -> None:
     session.new_order([{"type": "dns", "value": EVIL_NAME}])
 
 
+def profile(session: AcmeSession, command: dict, **_: Any) -> None:
+    """The configured names, with an ACME profile the configuration does not
+    name (the CA's short-lived certificates, say)."""
+    session.lookup_account()
+    session.new_order(command["orders"][0]["identifiers"], profile="shortlived")
+
+
 def finalize(session: AcmeSession, ctx: Context, command: dict, report: dict, **_: Any) -> None:
     """The configured order, authorized as usual, finalized with the attacker's own CSR."""
     from lacme.x509 import csr
@@ -213,7 +220,7 @@ ATTACKS = {f.__name__: f for f in (key_change, deactivate, contact, new_account,
                                     new_order, finalize, second_scope, publish, publish_idle,
                                     publish_many, key_change_rollover, short_validity, status_case,
                                     status_folded, contact_case, new_account_create, eab_own,
-                                    finalize_twice)}
+                                    finalize_twice, profile)}
 
 
 def main() -> int:

@@ -45,6 +45,7 @@ ATTACKS = {
     "revoke": ("accountd", "revokeCert is outside the scope", "POST /revoke-cert"),
     "new_order": ("accountd", "newOrder for evil-name.example.com, not in the scope", "POST /order-plz"),
     "finalize": ("accountd", "finalize with a CSR that is not in the scope", "POST /finalize-order"),
+    "profile": ("accountd", "newOrder with profile shortlived, not in the scope", "POST /order-plz"),
     "second_scope": ("accountd", "a scope that is not the first line", "POST /order-plz"),
     # an order for the configured name and the master's CSR, for a certificate that
     # expires in minutes (notAfter, RFC 8555 7.4), installed over the good one
