@@ -49,6 +49,7 @@ from lacme.master.scoping import (
     account_scope,
     lookup_scope,
     orders_scope,
+    profiles_of,
     revoke_scope,
     scope_connection,
 )
@@ -210,8 +211,7 @@ class ClientSession:
             for sid, names, csr in orders
         ]
         results: dict[str, bool | str] = {o["id"]: "no answer from the ACME client" for o in payload}
-        self._hello(orders_scope(self.cfg.client.server, [(names, csr) for _, names, csr in orders],
-                                 [str(o["profile"]) for o in payload if o.get("profile")]))
+        self._hello(orders_scope(self.cfg.client.server, [o[1:] for o in orders], profiles_of(payload)))
         assert self.gate is not None
         self.gate.open([(i["type"], i["value"]) for o in payload for i in o["identifiers"]])
         self.channel.send(control.encode_message("orders", orders=payload))

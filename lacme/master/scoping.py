@@ -123,6 +123,11 @@ def orders_scope(server: str, orders: Iterable[tuple[Sequence[str | tuple[str, s
                     profiles=frozenset(p for p in profiles if p))
 
 
+def profiles_of(orders: Iterable[dict[str, Any]]) -> list[str]:
+    """The ACME profiles the entries of an ``orders`` control message ask for."""
+    return [str(o["profile"]) for o in orders if o.get("profile")]
+
+
 def account_scope(server: str, fields: dict[str, Any]) -> sc.Scope:
     """The account command's operations (``fields``: its control message):
     registration (then, for an account that exists, the contact update), the
