@@ -8,6 +8,8 @@ answer never comes back (it may have been applied) or the allowed names change.
   it when the connection ends.
 * What a connection wrote is deleted at its end even if the master's last
   ``allow`` named other names.
+* A record the hook cannot delete at the end (the provider's API fails)
+  does not keep the records after it in the zone.
 * A provider hook that adds the record and then hangs (its child keeps the
   output pipe open) is stopped with its whole process group at the hook
   timeout, and its record is deleted by the ``del`` call at the end.
@@ -185,4 +187,50 @@ def test_a_hook_that_hangs_after_adding_is_stopped_and_its_record_deleted(
     assert knot.txt(record[0]) == {DIGEST}
     assert publisher.holds([record])
     publisher.clean_up()
+    assert knot.all_txt() == {}
+
+
+PICKY_HOOK = """#!/bin/sh
+# del of the value {refused} fails (a provider's API error); the rest goes to Knot.
+set -e
+if [ "$1" = del ] && [ "$3" = "{refused}" ]; then
+    echo "provider: 500 Internal Server Error" >&2
+    exit 1
+fi
+case "$1" in
+    add) op="update add $2. 60 TXT \\"$3\\"" ;;
+    del) op="update delete $2. TXT \\"$3\\"" ;;
+esac
+printf 'server 127.0.0.1 {port}\\nzone {zone}.\\nkey hmac-sha256:{key_name} {secret}\\n%s\\nsend\\n' \\
+    "$op" | knsupdate
+"""
+
+
+def test_a_record_that_cannot_be_deleted_does_not_keep_the_others(
+        knot: Knot, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    refused = "C" * 42 + "E"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(PICKY_HOOK.format(refused=refused, port=knot.port, zone=ZONE,
+                                      key_name=KEY_NAME, secret=knot.secret))
+    hook.chmod(0o700)
+    cfg = validate_dns_config(parse_ini(f"[{ZONE}]\ncommand = {hook}\n", "lacme-dns.conf"))
+    publisher = Publisher(cfg)
+    names = [name("h05"), name("h06"), name("h07")]
+    publisher.allow(names)
+    records = [(f"_acme-challenge.{n}", value)
+               for n, value in zip(names, [DIGEST, refused, DIGEST], strict=True)]
+    publisher.update(records, [], wait=False)
+    assert knot.all_txt() == {owner: {value} for owner, value in records}
+    with caplog.at_level("ERROR", logger="lacme-dns"):
+        publisher.clean_up()
+    # the record after the refused one (h07) is gone too
+    assert knot.all_txt() == {f"_acme-challenge.{name('h06')}": {refused}}
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"cannot remove 1 record(s) at the end: zone {ZONE}: {hook} del _acme-challenge."
+        f"{name('h06')}: exit status 1: provider: 500 Internal Server Error"]
+    # by hand, as the administrator would
+    publisher.written.clear()
+    subprocess.run(["knsupdate"], input=(
+        f"server 127.0.0.1 {knot.port}\nzone {ZONE}.\nkey hmac-sha256:{KEY_NAME} {knot.secret}\n"
+        f"update delete _acme-challenge.{name('h06')}. TXT\nsend\n").encode(), check=True)
     assert knot.all_txt() == {}

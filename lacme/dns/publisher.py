@@ -163,11 +163,21 @@ class Publisher:
         return any(r in self.written for r in records)
 
     def clean_up(self) -> None:
-        """Delete what this connection added and did not delete (best effort)."""
+        """Delete what this connection added and did not delete (best effort):
+        one UPDATE per zone, one hook call per record, as a batch would, but a
+        zone or a record that cannot be deleted does not keep the others."""
         if not self.written or self.cfg is None:
             return
-        leftovers = sorted(self.written)
-        try:
-            self.update([], leftovers, wait=False)
-        except LacmeError as exc:
-            log.error("cannot remove %d record(s) at the end: %s", len(leftovers), exc)
+        by_zone: dict[Zone, list[tuple[str, str]]] = {}
+        for record in sorted(self.written):
+            by_zone.setdefault(self.target(record[0])[0], []).append(record)
+        failed: list[tuple[int, LacmeError]] = []
+        for zone, records in by_zone.items():
+            for batch in ([records] if zone.command is None else [[r] for r in records]):
+                try:
+                    self.update([], batch, wait=False)
+                except LacmeError as exc:
+                    failed.append((len(batch), exc))
+        if failed:
+            log.error("cannot remove %d record(s) at the end: %s", sum(n for n, _ in failed),
+                      failed[0][1])
