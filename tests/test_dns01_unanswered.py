@@ -151,30 +151,34 @@ def test_what_was_written_is_deleted_whatever_the_last_allow(knot: Knot, tmp_pat
     assert dns.process.stderr is not None and dns.process.stderr.read() == b""
 
 
-HANGING_HOOK = """#!/bin/sh
-# add: write the record with knsupdate, then hang with the output pipe open.
+KNSUPDATE_HOOK = """#!/bin/sh
+# A provider hook writing to Knot with knsupdate: {comment}
 set -e
+{before}
 case "$1" in
     add) op="update add $2. 60 TXT \\"$3\\"" ;;
     del) op="update delete $2. TXT \\"$3\\"" ;;
 esac
 printf 'server 127.0.0.1 {port}\\nzone {zone}.\\nkey hmac-sha256:{key_name} {secret}\\n%s\\nsend\\n' \\
     "$op" | knsupdate
-if [ "$1" = add ]; then
-    sleep 30
-fi
+{after}
 """
+
+
+def write_hook(path: Path, knot: Knot, comment: str, before: str = "", after: str = "") -> Publisher:
+    """The hook at ``path``, and a Publisher of a configuration whose zone runs it."""
+    path.write_text(KNSUPDATE_HOOK.format(comment=comment, before=before, after=after, port=knot.port,
+                                          zone=ZONE, key_name=KEY_NAME, secret=knot.secret))
+    path.chmod(0o700)
+    return Publisher(validate_dns_config(parse_ini(f"[{ZONE}]\ncommand = {path}\n", "lacme-dns.conf")))
 
 
 def test_a_hook_that_hangs_after_adding_is_stopped_and_its_record_deleted(
         knot: Knot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hook = tmp_path / "hook.sh"
-    hook.write_text(HANGING_HOOK.format(port=knot.port, zone=ZONE, key_name=KEY_NAME,
-                                        secret=knot.secret))
-    hook.chmod(0o700)
-    cfg = validate_dns_config(parse_ini(f"[{ZONE}]\ncommand = {hook}\n", "lacme-dns.conf"))
+    publisher = write_hook(hook, knot, "add hangs with the output pipe open, once written.",
+                           after='if [ "$1" = add ]; then sleep 30; fi')
     monkeypatch.setattr(publisher_module, "HOOK_TIMEOUT", 1.0)
-    publisher = Publisher(cfg)
     record = (f"_acme-challenge.{name('h01')}", DIGEST)
     publisher.allow([name("h01")])
     started = time.monotonic()
@@ -190,31 +194,13 @@ def test_a_hook_that_hangs_after_adding_is_stopped_and_its_record_deleted(
     assert knot.all_txt() == {}
 
 
-PICKY_HOOK = """#!/bin/sh
-# del of the value {refused} fails (a provider's API error); the rest goes to Knot.
-set -e
-if [ "$1" = del ] && [ "$3" = "{refused}" ]; then
-    echo "provider: 500 Internal Server Error" >&2
-    exit 1
-fi
-case "$1" in
-    add) op="update add $2. 60 TXT \\"$3\\"" ;;
-    del) op="update delete $2. TXT \\"$3\\"" ;;
-esac
-printf 'server 127.0.0.1 {port}\\nzone {zone}.\\nkey hmac-sha256:{key_name} {secret}\\n%s\\nsend\\n' \\
-    "$op" | knsupdate
-"""
-
-
 def test_a_record_that_cannot_be_deleted_does_not_keep_the_others(
         knot: Knot, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     refused = "C" * 42 + "E"
     hook = tmp_path / "hook.sh"
-    hook.write_text(PICKY_HOOK.format(refused=refused, port=knot.port, zone=ZONE,
-                                      key_name=KEY_NAME, secret=knot.secret))
-    hook.chmod(0o700)
-    cfg = validate_dns_config(parse_ini(f"[{ZONE}]\ncommand = {hook}\n", "lacme-dns.conf"))
-    publisher = Publisher(cfg)
+    publisher = write_hook(hook, knot, f"del of {refused} fails (the provider's API).",
+                           before=f'if [ "$1" = del ] && [ "$3" = "{refused}" ]; then\n'
+                                  '    echo "provider: 500 Internal Server Error" >&2; exit 1\nfi')
     names = [name("h05"), name("h06"), name("h07")]
     publisher.allow(names)
     records = [(f"_acme-challenge.{n}", value)
