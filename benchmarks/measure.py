@@ -213,7 +213,6 @@ class TreeSampler(threading.Thread):
             if self.outside is not None:
                 pids |= self.outside.pids()
             sizes = []
-            pss_all = pss_own = 0
             by_program: dict[str, int] = {}
             for pid in pids:
                 rss, hwm = read_rss_kb(pid)
@@ -221,13 +220,11 @@ class TreeSampler(threading.Thread):
                 program = program_of(pid, self.by_pid)
                 if hwm:
                     self.by_pid[pid] = (program, hwm)
-                pss = read_pss_kb(pid)
-                pss_all += pss
-                by_program[program] = by_program.get(program, 0) + pss
-                if self.programs is None or program in self.programs:
-                    pss_own += pss
+                by_program[program] = by_program.get(program, 0) + read_pss_kb(pid)
+            pss_own = sum(kb for program, kb in by_program.items()
+                          if self.programs is None or program in self.programs)
             self.peak_kb = max(self.peak_kb, sum(rss for rss, _ in sizes))
-            self.pss_peak_kb = max(self.pss_peak_kb, pss_all)
+            self.pss_peak_kb = max(self.pss_peak_kb, sum(by_program.values()))
             if pss_own > self.pss_programs_peak_kb:
                 self.pss_programs_peak_kb = pss_own
                 self.pss_by_program_kb = by_program

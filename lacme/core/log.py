@@ -54,10 +54,11 @@ def _plain_handler() -> logging.Handler:
 class _JournalOnDemand(logging.Handler):
     """systemd-python's JournalHandler, loaded with the first record.
 
-    A component that logs nothing at its level in a run (the usual case
-    for all but the master) then never imports systemd.journal, about
-    1 MB of PSS per process.  Without systemd-python, plain lines go to
-    stderr, which the journal records too.
+    A component that logs nothing at its level in a run (the ACME client,
+    usually) then never imports systemd.journal; the webserver (an access
+    line per request) and accountd (a line per signature) load it in every
+    run.  Without systemd-python, plain lines go to stderr, which the
+    journal records too, instead of an ImportError at start.
     """
 
     def __init__(self, identifier: str) -> None:
