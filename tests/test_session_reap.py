@@ -11,8 +11,16 @@ import subprocess
 from lacme.master.children import _Child, reap_all
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
 def spawn(script: str) -> int:
-    return subprocess.Popen(["/bin/sh", "-c", script]).pid
+    """A child for reap_all to reap.  Its Popen stays referenced: a Popen
+    collected while its child runs goes on subprocess's list of children to
+    reap, and the next Popen anywhere in the process (another thread) would
+    reap it first, leaving reap_all no exit status to read."""
+    _SPAWNED.append(subprocess.Popen(["/bin/sh", "-c", script]))
+    return _SPAWNED[-1].pid
 
 
 def gone(pid: int) -> bool:
